@@ -1,0 +1,29 @@
+# A fresh clone needs only `make book` (set up, then build the book) or `make test` (set up, then test).
+# Both create the virtual environment in $(VENV) when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: env test book bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,book]"
+	touch $@
+
+test: env
+	$(BIN)/python -m pytest
+
+book: env
+	@echo "The book is not written yet: built the environment only."
+
+bench: env
+	$(BIN)/python benchmarks/layer_memory.py
+	$(BIN)/python benchmarks/layer_speed.py
+
+clean:
+	rm -rf $(VENV) book/_build .pytest_cache

@@ -1,0 +1,229 @@
+"""Dcls1d, Dcls2d and Dcls3d: convolutions whose kernel taps have learnable positions.
+
+A drop-in for the reference library's modules (same arguments, parameter names, shapes and
+initialisation), with one axis convention everywhere: ``P[d]`` is a tap's offset from the kernel
+centre along spatial axis ``d`` (for 2-D: rows, then columns).  The kernel is built densely and fed
+to a plain ``F.convNd`` with dilation 1, as the reference does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import init
+
+from .interpolation import get_interpolation
+from .kernel import construct_kernel
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DENSE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def position_limits(size: int) -> tuple[int, int]:
+    """The offsets from the centre (size // 2) that keep a tap on the grid of ``size`` cells."""
+    return -(size // 2), (size - 1) - size // 2
+
+
+def _per_axis(value, ndim: int, name: str) -> tuple[int, ...]:
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * ndim
+    if len(values) != ndim or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    return values
+
+
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class _DclsNd(nn.Module):
+    ndim: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_count: int,
+        stride=1,
+        padding: Union[int, tuple, str] = 0,
+        dilated_kernel_size=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        version: str = "gauss",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        nd = self.ndim
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_count = _positive_int(kernel_count, "kernel_count")
+        self.groups = _positive_int(groups, "groups")
+        if in_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+        if out_channels % groups:
+            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+        self.dilated_kernel_size = _per_axis(dilated_kernel_size, nd, "dilated_kernel_size")
+        if min(self.dilated_kernel_size) < 1:
+            raise ValueError(f"dilated_kernel_size must be >= 1 on every axis, got {dilated_kernel_size!r}")
+        self.stride = _per_axis(stride, nd, "stride")
+        if min(self.stride) < 1:
+            raise ValueError(f"stride must be >= 1 on every axis, got {stride!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.padding = self._check_padding(padding)
+        self.version = get_interpolation(version).name
+
+        factory = {"device": device, "dtype": dtype}
+        taps = (out_channels, in_channels // groups, kernel_count)
+        self.weight = nn.Parameter(torch.empty(taps, **factory))
+        self.P = nn.Parameter(torch.empty((nd, *taps), **factory))
+        if get_interpolation(self.version).has_sigma:
+            self.SIG = nn.Parameter(torch.empty((nd, *taps), **factory))
+        else:
+            self.register_parameter("SIG", None)
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def _check_padding(self, padding):
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a tuple of ints, got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError("padding='same' needs stride 1 on every axis")
+            if padding == "valid":
+                padding = (0,) * self.ndim
+            else:
+                total = [k - 1 for k in self.dilated_kernel_size]
+                self._reversed_padding_repeated_twice = [p for t in reversed(total) for p in (t // 2, t - t // 2)]
+                return padding
+        padding = _per_axis(padding, self.ndim, "padding")
+        if min(padding) < 0:
+            raise ValueError(f"padding must be >= 0 on every axis, got {padding!r}")
+        self._reversed_padding_repeated_twice = [p for p in reversed(padding) for _ in range(2)]
+        return padding
+
+    @property
+    def interpolation(self):
+        return get_interpolation(self.version)
+
+    def reset_parameters(self) -> None:
+        """The reference's initialisation: weights as nn.Conv, positions N(0, 0.5) clamped to the grid."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2]
+            bound = 1 / math.sqrt(fan_in)
+            init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            init.normal_(self.P, 0.0, 0.5)
+            if self.SIG is not None:
+                init.constant_(self.SIG, self.interpolation.sigma_init)
+        self.clamp_parameters()
+
+    @torch.no_grad()
+    def clamp_parameters(self) -> None:
+        """Keep every tap on the kernel grid; call after each optimiser step, as the reference does."""
+        for d, size in enumerate(self.dilated_kernel_size):
+            self.P[d].clamp_(*position_limits(size))
+
+    def construct_kernel(self) -> Tensor:
+        """The dense kernel ``(out, in/groups, *dilated_kernel_size)``, differentiable in every parameter."""
+        return construct_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version)
+
+    def _check_input(self, input: Tensor) -> None:
+        nd = self.ndim
+        name = type(self).__name__
+        if input.dim() not in (nd + 1, nd + 2) or input.shape[-nd - 1] != self.in_channels:
+            raise ValueError(
+                f"{name} expects input of shape (N, C, {_SPATIAL[nd]}) or (C, {_SPATIAL[nd]}) with "
+                f"C = in_channels = {self.in_channels}; got shape {tuple(input.shape)}"
+            )
+        if torch.compiler.is_compiling():
+            return
+        for pname in ("P", "SIG"):
+            param = getattr(self, pname)
+            if param is not None and not bool(torch.isfinite(param).all()):
+                raise ValueError(f"{name}: parameter {pname} has non-finite values (NaN or inf)")
+
+    def _conv(self, input: Tensor, kernel: Tensor) -> Tensor:
+        conv = _CONVS[self.ndim]
+        if self.padding_mode != "zeros":
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(padded, kernel, self.bias, self.stride, 0, 1, self.groups)
+        return conv(input, kernel, self.bias, self.stride, self.padding, 1, self.groups)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return self._conv(input, self.construct_kernel())
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Module:
+        """An equivalent plain ``nn.ConvNd`` (same outputs), for inference and export."""
+        dense = _DENSE[self.ndim](
+            self.in_channels,
+            self.out_channels,
+            self.dilated_kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        dense.weight.copy_(self.construct_kernel())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
+    def load_reference_state_dict(self, state_dict, strict: bool = True):
+        """Load a state dict saved by the reference library (its axis convention) into this layer."""
+        from .reference import from_reference_state_dict
+
+        converted = from_reference_state_dict(state_dict, self.version, self.ndim, self.dilated_kernel_size)
+        return self.load_state_dict(converted, strict=strict)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, "
+            f"dilated_kernel_size={self.dilated_kernel_size}, version={self.version} "
+            f"({self.interpolation.description})"
+        )
+        if any(st != 1 for st in self.stride):
+            s += f", stride={self.stride}"
+        if self.padding != (0,) * self.ndim:
+            s += f", padding={self.padding}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s
+
+
+class Dcls1d(_DclsNd):
+    """DCLS over (N, C, L) inputs: ``kernel_count`` taps per filter, placed in ``dilated_kernel_size`` cells."""
+
+    ndim = 1
+
+
+class Dcls2d(_DclsNd):
+    """DCLS over (N, C, H, W) inputs; ``P[0]`` moves taps along rows, ``P[1]`` along columns."""
+
+    ndim = 2
+
+
+class Dcls3d(_DclsNd):
+    """DCLS over (N, C, D, H, W) inputs; ``P[d]`` moves taps along spatial axis ``d``."""
+
+    ndim = 3
