@@ -71,6 +71,8 @@ def _contract(w: Tensor, gs: list[Tensor]) -> Tensor:
 
 def _leave_one_out(grad: Tensor, gs: list[Tensor], d: int) -> Tensor:
     """sum over all cells but axis d of grad * prod_{e != d} g_e  ->  (rows, taps, size_d)."""
+    if len(gs) == 1:
+        return grad.unsqueeze(1).expand_as(gs[0])
     axes = _AXES[-len(gs):]
     operands = [grad] + [g for e, g in enumerate(gs) if e != d]
     spec = "n" + axes + "".join(f",nk{a}" for e, a in enumerate(axes) if e != d)
