@@ -42,16 +42,16 @@ class DelayRunConfig:
     """Everything a run depends on (the data, the network, the optimisation)."""
 
     task: DelayTaskSpec = field(default_factory=DelayTaskSpec)
-    n_train: int = 1024
-    n_test: int = 512
-    n_hidden: int = 48
+    n_train: int = 2048
+    n_test: int = 1024
+    n_hidden: int = 64
     n_hidden_layers: int = 1
     max_delay: int = 12
     tau: float = 1.0
     readout_tau: float = 1.0
     dropout: float = 0.0
     tail: int = 0
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
