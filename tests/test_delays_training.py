@@ -3,9 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from dcls_lib.snn.delays import SigmaSchedule
-from dcls_lib.snn.train import main, profile_config, run_study, train_run
+from dcls_lib.snn.train import delay_ablation, delay_task_data, main, profile_config, run_study, train_run
 
 
 def test_learned_delays_beat_no_delays_on_the_tiny_task(tmp_path):
@@ -24,6 +25,14 @@ def test_learned_delays_beat_no_delays_on_the_tiny_task(tmp_path):
     assert sigmas[0] == config.max_delay // 2 and sigmas[-1] == pytest.approx(0.23)
     assert learned["delays_final"] != learned["delays_initial"], "the delays moved"
     assert all(0 <= d < config.max_delay for row in learned["delays_final"][0] for d in row)
+
+    model = learned["model"]
+    before = [p.detach().clone() for p in model.parameters()]
+    ablation = delay_ablation(model, delay_task_data(config).test, "cpu")
+    assert ablation["learned"] == learned["test_acc"]
+    assert ablation["zero"] == pytest.approx(chance, abs=0.05), "the same weights without their delays are at chance"
+    assert ablation["shuffled"] < learned["test_acc"] - 0.3
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "the ablation restores the delays"
 
     logged = json.loads(log.read_text())
     assert [r["test_acc"] for r in logged["runs"]] == [learned["test_acc"], none["test_acc"]]

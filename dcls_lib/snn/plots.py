@@ -17,9 +17,9 @@ def _caption(fig, label: str) -> None:
 
 
 def run_name(run: dict) -> str:
-    if run["delays"] != "learned":
-        return f"{run['delays']} delays"
-    return f"learned delays (sigma {run['sigma_schedule']})"
+    if run["delays"] == "learned":
+        return f"learned delays (sigma {run['sigma_schedule']})"
+    return {"none": "no delays", "random": "fixed random delays"}[run["delays"]]
 
 
 def plot_delay_kernel(max_delay: int, delay: float, sigmas: Sequence[float], label: str):
@@ -107,31 +107,5 @@ def plot_delay_histograms(run: dict, max_delay: int, label: str):
         ax.set(xlabel="delay (time steps)", ylabel="synapses",
                title=f"layer {i + 1} ({'output' if i == layers - 1 else 'hidden'})")
         ax.legend(fontsize=8)
-    _caption(fig, label)
-    return fig
-
-
-def coincidence_offsets(model, motifs: torch.Tensor) -> list[np.ndarray]:
-    """For each class, the hidden neuron with the largest output weight to it, and the times at which
-    its excitatory inputs deliver that class's pattern: ``motif offset + delay`` per channel."""
-    hidden, output = [m for m in model.modules() if isinstance(m, SynapticDelays)][:2]
-    weights_in = hidden.weight.detach()[..., 0]
-    weights_out = output.weight.detach()[..., 0]
-    delays = hidden.delays()
-    arrivals = []
-    for k, motif in enumerate(motifs):
-        neuron = int(weights_out[k].argmax())
-        excitatory = weights_in[neuron] > 0
-        arrivals.append((motif + delays[neuron])[excitatory].numpy())
-    return arrivals
-
-
-def plot_coincidences(arrivals: list[np.ndarray], label: str):
-    """If delays made a coincidence detector, a class's spikes arrive at (nearly) one time."""
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    for k, times in enumerate(arrivals):
-        ax.scatter(times, np.full(len(times), k), s=40, alpha=0.6, color=f"C{k}")
-    ax.set(xlabel="arrival time after the pattern onset (steps)", ylabel="class",
-           yticks=range(len(arrivals)), title="When each class's spikes reach its most-used hidden neuron")
     _caption(fig, label)
     return fig

@@ -174,6 +174,29 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, discret
     return correct / max(total, 1)
 
 
+@torch.no_grad()
+def delay_ablation(model: nn.Module, loader: DataLoader, device: torch.device | str, seed: int = 0) -> dict[str, float]:
+    """Test accuracy of a trained network as it is, with each layer's delays shuffled among its
+    synapses (same delays, wrong synapses), and with every delay set to 0 (same weights, no delays)."""
+    device = torch.device(device)
+    layers = list(delay_layers(model))
+    saved = [layer.positions.detach().clone() for layer in layers]
+    gen = torch.Generator().manual_seed(seed)
+    results = {"learned": evaluate(model, loader, device)}
+    try:
+        for layer in layers:
+            delays = layer.delays().flatten().cpu()
+            layer.set_delays(delays[torch.randperm(delays.numel(), generator=gen)].view(layer.out_features, -1))
+        results["shuffled"] = evaluate(model, loader, device)
+        for layer in layers:
+            layer.set_delays(torch.zeros(layer.out_features, layer.in_features))
+        results["zero"] = evaluate(model, loader, device)
+    finally:
+        for layer, positions in zip(layers, saved):
+            layer.positions.copy_(positions)
+    return results
+
+
 def layer_delays(model: nn.Module) -> list[list[list[int]]]:
     """Integer delays of every delay layer, ``[layer][out][in]``."""
     return [layer.delays().cpu().tolist() for layer in delay_layers(model)]
