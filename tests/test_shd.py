@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import json
 import threading
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from dcls_lib.data.shd import SHD, bin_spikes, download_shd, pad_collate, validate_shd_file
+from dcls_lib.snn.train import main
 
 KEYS = [f"{lang}-{digit}" for lang in ("english", "german") for digit in range(10)]
 
@@ -174,3 +176,20 @@ def test_dataset_downloads_when_asked(tmp_path, server):
     _publish_gz(www, write_shd(tmp_path / "source.h5", **SAMPLES), "shd_train.h5")
     data = SHD(tmp_path / "cache", "train", download=True, base_url=url)
     assert [data[i][1] for i in range(3)] == [19, 0, 7]
+
+
+def test_command_line_trains_on_shd_files(shd_root, tmp_path):
+    """The published SHD settings, one epoch on the small files (one thread: tiny batches)."""
+    out = tmp_path / "shd.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["--data", "shd", "--shd-root", str(shd_root), "--runs", "learned", "--epochs", "1",
+                     "--device", "cpu", "--no-progress", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["data"].startswith("SHD (3 train / 2 test")
+    assert run["config"]["n_hidden"] == 256 and run["config"]["max_delay"] == 25
+    assert len(run["delays_final"]) == 3 and len(run["delays_final"][0][0]) == 140

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 import numpy as np
 import torch
 
@@ -47,6 +48,8 @@ def plot_sigma_schedules(schedules: dict[str, SigmaSchedule], epochs: int, label
     for name, schedule in schedules.items():
         ax.plot(range(1, epochs + 1), [schedule(e) for e in range(epochs)], marker=".", label=name)
     ax.set(xlabel="epoch", ylabel="SIG", yscale="log", title="Interpolation width during training")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.legend(fontsize=8)
     _caption(fig, label)
     return fig

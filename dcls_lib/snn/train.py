@@ -324,11 +324,12 @@ def run_study(
     results = []
     for delays, sigma in tqdm(runs, desc="runs", disable=not progress):
         results.append(train_run(config, delays, sigma, data=data, device=device, progress=progress))
+    threads = f"; trained on {config.cpu_threads} CPU thread(s)" if device.type == "cpu" and config.cpu_threads else ""
     study = {
         "runs": results,
         "data": data.description,
         "run_info": run_info(device, profile),
-        "label": run_label(device, profile, data.description),
+        "label": run_label(device, profile, data.description + threads),
     }
     if log_path is not None:
         write_json({**study, "runs": [{k: v for k, v in r.items() if k != "model"} for r in results]}, log_path)
