@@ -86,7 +86,8 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]))
-    print(json.dumps({"label": run_label(data=f"SynthClick train split, {args.items} items per size"), "rows": rows}, indent=1))
+    label = run_label(data=f"SynthClick train split, {args.items} items per size")
+    print(json.dumps({"label": label, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

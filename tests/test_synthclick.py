@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import Normalize
 
 from dcls_lib.data import SynthClick
 from dcls_lib.data import synthclick as sc
@@ -116,7 +117,7 @@ def test_transform_applies_to_the_image_only():
     mean = torch.tensor(SynthClick.mean)[:, None, None]
     std = torch.tensor(SynthClick.std)[:, None, None]
     plain = SynthClick("val", 64, size=4)
-    normed = SynthClick("val", 64, size=4, transform=lambda x: (x - mean) / std)
+    normed = SynthClick("val", 64, size=4, transform=Normalize(SynthClick.mean, SynthClick.std))
     assert torch.allclose(normed[1][0], (plain[1][0] - mean) / std)
     assert torch.equal(normed[1][2], plain[1][2])
 

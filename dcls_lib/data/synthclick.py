@@ -35,15 +35,17 @@ Which classes need long-range evidence
 A ``near`` pair (both rings) fits in a window of about 0.41 of the image side: a unit that sees that
 window sees all the evidence.  For ``mid`` and ``far`` pairs the two parts are 0.36 to 0.46 and 0.60
 to 0.74 of the image side apart (centre to centre); a window holding both glyphs spans 0.49 to 0.59
-and 0.73 to 0.87 of the side.  Their relations are comparisons (same or not), and a comparison cannot be
-read from two separately computed local features: if a model sums or averages local features over
-space and then applies a linear classifier, its score difference between two classes is
-``f(part 1) + f(part 2) + rest``, and no such sum can be positive for both (red, red) and
-(blue, blue) but negative for both (red, blue) and (blue, red).  So to tell, say, ``far, same
-colour`` from ``far, different`` a model needs some feature, before its global pooling, that sees
-both parts at once: a receptive field (effective, not only theoretical) that large.  Telling ``mid`` from ``far`` likewise needs the distance between two distant rings.
-(A far pair also cannot sit at the very centre of the image; only a model that knows absolute
-position, which a convolution learns from the image border, far from the centre, can use that.)
+and 0.73 to 0.87 of the side.  Their relations are comparisons (same or not), and a comparison
+cannot be read from two separately computed local features.  If no unit of a model sees both parts,
+and the model sums or averages its units over space and then applies a linear classifier, then with
+the rest of the image fixed its score difference between two classes is ``f(part 1) + f(part 2) + c``;
+no such sum is positive for both (red, red) and (blue, blue) yet negative for both (red, blue) and
+(blue, red), since both pairs of terms add up to the same total.  So to tell, say, ``far, same
+colour`` from ``far, different``, a model needs some feature, before its global pooling, whose
+receptive field (effective, not only theoretical) holds both parts.  Telling ``mid`` from ``far``
+likewise needs the distance between two distant rings.  (A far pair also never sits at the very
+centre of the image: a model that knows absolute position, which a convolution learns only from
+the image border, can use where one ring lies as partial evidence of the span.)
 
 Why the human map is the right ground truth
 -------------------------------------------
@@ -60,8 +62,9 @@ Items
 ``image``: float32 tensor ``(3, H, W)`` in ``[0, 1]`` (multiples of 1/255, as a decoded 8-bit image
 would be); normalise with ``SynthClick.mean`` / ``SynthClick.std`` (measured on the training split,
 see :func:`channel_stats`) or your model's own transform.  ``label``: int.  ``human_map``: float32
-``(H, W)`` in ``[0, 1]``, maximum 1.  Sizes 64 to 224: every length scales with the image side.
-Classes, rotations by 90 degrees and flips keep the label (relations and distances are invariant).
+``(H, W)`` in ``[0, 1]``, maximum 1.  Sizes 64 to 224: every length scales with the image side, and
+an index gives the same scene at every size.  Flips and rotations by 90 degrees keep every label
+(relations and distances do not change), though they turn the triangles, which otherwise point up.
 """
 
 from __future__ import annotations
@@ -74,7 +77,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = [
