@@ -317,6 +317,16 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
     assert SynthClick("val", 96, seed=10, size=5, cache_dir=tmp_path).cache_dir != folder
 
 
+def test_unreadable_cache_file_is_named(tmp_path):
+    ds = SynthClick("train", 64, size=3, cache_dir=tmp_path)
+    (ds.cache_dir / "0000001.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="0000001.npz"):
+        ds[1]
+    np.savez(ds.cache_dir / "0000002.npz", image=np.zeros((3, 32, 32), np.uint8), small_map=np.zeros((64, 64)))
+    with pytest.raises(ValueError, match=r"0000002.npz.*\(3, 64, 64\)"):
+        ds[2]
+
+
 def test_disk_cache_leaves_no_partial_file_when_writing_fails(tmp_path, monkeypatch):
     def failing_savez(file, **arrays):
         file.write(b"partial")
@@ -359,7 +369,10 @@ def test_bad_index_and_bad_map_input():
         ds[5]
     with pytest.raises(TypeError, match="index"):
         ds[1.0]
+    with pytest.raises(TypeError, match="index"):
+        ds[True]
     assert torch.equal(ds[-1][0], ds[4][0])
+    assert torch.equal(ds[torch.tensor(2)][0], ds[np.int64(2)][0])
     with pytest.raises(ValueError, match="2-D"):
         sc.clickme_blur(torch.zeros(3, 8, 8), 64)
     with pytest.raises(ValueError, match="size"):

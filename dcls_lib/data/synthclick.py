@@ -70,6 +70,7 @@ an index gives the same scene at every size.  Flips and rotations by 90 degrees 
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -486,7 +487,9 @@ class SynthClick(Dataset):
         seed: non-negative int; item ``i`` depends only on ``(seed, split, i)`` (and the image size).
         size: number of items (default 12000 train, 2400 val, 2400 test).  Item ``i`` has label
             ``i % 12``, so classes are balanced.
-        cache: keep generated items in memory (per process; uint8 images and the 64x64 maps).
+        cache: keep generated items in memory (per process: with DataLoader workers, pass
+            ``persistent_workers=True`` or the workers' caches go with them after each epoch).
+            Kept per item: the uint8 image and the 64x64 blurred map (~28 KB at 64 px, ~167 KB at 224).
         cache_dir: also keep them on disk there (one ``.npz`` per item, written atomically); a
             folder per (version, size, seed, split) so settings never mix.
         transform: applied to the image tensor only (e.g. normalisation).  Geometric transforms would
@@ -545,8 +548,12 @@ class SynthClick(Dataset):
         return self._check_index(index) % self.num_classes
 
     def _check_index(self, index) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"SynthClick index must be an int, got {type(index).__name__}")
+        try:
+            if isinstance(index, bool):
+                raise TypeError
+            index = operator.index(index)  # int, numpy integer, one-element integer tensor
+        except TypeError:
+            raise TypeError(f"SynthClick index must be an int, got {type(index).__name__}") from None
         if index < 0:
             index += self.size
         if not 0 <= index < self.size:
@@ -576,8 +583,7 @@ class SynthClick(Dataset):
         path = self._cache_file(index)
         item = None
         if path is not None and path.exists():
-            with np.load(path) as stored:
-                item = stored["image"], stored["small_map"]
+            item = self._read_cache_file(path)
         if item is None:
             image, small_map, _ = self._generate(index)
             item = image, small_map
@@ -593,6 +599,21 @@ class SynthClick(Dataset):
         human_map = np.maximum(_clickme_resize(small_map, self.image_size), 0.0)
         human_map /= max(float(human_map.max()), 1e-12)
         return image_t, torch.from_numpy(human_map)
+
+    def _read_cache_file(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        size = self.image_size
+        try:
+            with np.load(path) as stored:
+                image, small_map = stored["image"], stored["small_map"]
+        except Exception as error:  # truncated, not an npz, keys missing
+            raise ValueError(f"SynthClick cache file {path} is unreadable ({error}); delete it") from error
+        shape = (CLICKME_MAP_SIZE, CLICKME_MAP_SIZE)
+        if image.shape != (3, size, size) or image.dtype != np.uint8 or small_map.shape != shape:
+            raise ValueError(
+                f"SynthClick cache file {path} holds image {image.shape} {image.dtype} and map "
+                f"{small_map.shape}, expected (3, {size}, {size}) uint8 and {shape}; delete it"
+            )
+        return image, small_map
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         index = self._check_index(index)
