@@ -1,0 +1,5 @@
+"""Datasets: SynthClick (generated, with known attention maps)."""
+
+from .synthclick import SynthClick
+
+__all__ = ["SynthClick"]
