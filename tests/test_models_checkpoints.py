@@ -15,7 +15,15 @@ from safetensors.torch import save_file
 
 import dcls_lib  # noqa: F401  registers the _dcls models
 from dcls_lib import Dcls2d
-from dcls_lib.models import PUBLISHED, CheckpointError, convert_to_dcls, download, load_checkpoint, load_pretrained
+from dcls_lib.models import (
+    PUBLISHED,
+    CheckpointError,
+    convert_to_dcls,
+    create_study_model,
+    download,
+    load_checkpoint,
+    load_pretrained,
+)
 from dcls_lib.models import checkpoints as checkpoints_module
 
 from DCLS.construct.modules import Dcls2d as ReferenceDcls2d  # the reference library (a test dependency)
@@ -134,6 +142,16 @@ def test_timm_safetensors_baseline_loads(tmp_path):
     model = empty_model("resnet50")
     load_pretrained(model, "resnet50", path=path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+
+
+def test_create_study_model_loads_a_local_copy_the_same_way(tmp_path):
+    authors = make_state_dict(resnet50_layout(taps=5), seed=9, positions_limit=3)
+    path = tmp_path / "local-copy.pth.tar"
+    torch.save(timm_training_checkpoint(authors), path)
+    model = create_study_model("resnet50_dcls", checkpoint_path=path)
+    assert torch.equal(model.layer1[0].conv2.P, authors["layer1.0.conv2.P"])  # v0: same axis order
+    with pytest.raises(KeyError, match="not one of the study's models"):
+        create_study_model("resnet18_dcls")
 
 
 def test_loading_reties_positions_that_to_empty_untied(tmp_path):

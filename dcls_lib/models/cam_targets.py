@@ -131,10 +131,9 @@ def input_transform(model: nn.Module, image_size: int = 224) -> ImageTransform:
     """The study's input transform for ``model``: whole image resized to ``image_size``, the model's mean/std.
 
     Mean, std and interpolation come from the model's timm ``pretrained_cfg`` (ImageNet defaults
-    and bicubic if it has none).  The size is the study's 224 for every model, whatever size timm
+    and bicubic if it has none), so it works for any timm model.  The size is the study's 224 for every model, whatever size timm
     evaluates the model at (FastViT's cfg says 256).
     """
-    detect_family(model)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     interpolation = cfg.get("interpolation") or "bicubic"
     if interpolation not in ("bicubic", "bilinear"):
