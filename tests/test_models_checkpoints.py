@@ -188,7 +188,7 @@ def save(tmp_path, obj, name="ckpt.pth"):
 
 def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path):
     state = make_state_dict(atto_layout(), seed=5)
-    state["extra.weight"] = torch.zeros(3)
+    state["extra.weight"] = torch.zeros(3, 4)  # 2-D: timm's filter looks it up in the model
     del state["stages.1.0.norm.weight"], state["head.bias"]
     state["stages.0.0.dwconv.weight"] = torch.zeros(40, 1, 40)
     model = atto_dcls()
@@ -202,6 +202,14 @@ def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path):
     assert "stages.0.blocks.0.conv_dw.weight: checkpoint (40, 1, 40), model (40, 1, 34)" in message
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was half-loaded
+
+
+def test_unexpected_keys_through_the_metaformer_filter_are_listed(tmp_path):
+    state = make_state_dict(metaformer_s18_layout("caformer", taps=34), seed=10)
+    state["stages.1.2.token_mixer.extra"] = torch.zeros(5, 5)
+    model = empty_model("caformer_s18_dcls")
+    with pytest.raises(CheckpointError, match=r"(?s)unexpected in the checkpoint \(1\).*stages.1.blocks.2.token_mixer.extra"):
+        load_checkpoint(model, save(tmp_path, timm_training_checkpoint(state)), "metaformer-sail", ("state_dict_ema",), "v1")
 
 
 def test_unshared_positions_in_a_checkpoint_are_refused(tmp_path):
@@ -250,6 +258,13 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         type(self).requests += 1
+        if self.path == "/truncated.pth":  # promises 1000 bytes, sends 10, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.close_connection = True
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -288,6 +303,8 @@ def test_failed_downloads_leave_nothing_behind(server, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="could not download.*404"):
         download(f"{base}/missing.pth", cache)
+    with pytest.raises(CheckpointError, match="truncated.pth"):
+        download(f"{base}/truncated.pth", cache, timeout=10)
     with pytest.raises(CheckpointError, match="sha256"):
         download(f"{base}/weights.pth", cache, sha256="0" * 64)
     assert list(cache.iterdir()) == []

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import pickle
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -200,9 +200,9 @@ def download(
             raise CheckpointError(f"download of {url} stopped at {tmp.stat().st_size} of {total} bytes")
         _check_digest(tmp, sha256, f"download of {url}")
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not download {url}: {error}") from error
+        raise CheckpointError(f"could not download {url}: {error!r}") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
