@@ -1,6 +1,6 @@
 """Plotting helpers shared by the book's chapters: kernels, labels that say what produced a figure.
 
-Every computed figure in the book carries a small grey line at its bottom, written by
+Every computed figure in the book carries a small grey line just below it, written by
 ``label_figure(fig, run_label(...))``: the device, the run profile, the data, the commit and the date.
 """
 

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 sys.path.insert(0, str(BOOK))
+sys.path.insert(0, str(BOOK / "_ext"))
 
 from build_book import BuildError, build  # noqa: E402
 

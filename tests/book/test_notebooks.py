@@ -13,10 +13,13 @@ def test_there_are_chapters():
     assert len(NOTEBOOKS) >= 3, "notebooks/ should hold the book's chapters"
 
 
-def test_each_profile_has_its_own_execution_cache(smoke_book):
-    """Jupyter-cache keys notebooks by their code only: outputs of one profile must not serve another."""
+def test_execution_cache_is_keyed_by_profile_and_library(smoke_book):
+    """Jupyter-cache keys notebooks by their code only: outputs computed under another profile or
+    with another version of dcls_lib must not be reused."""
+    from dcls_book import library_digest
+
     caches = smoke_book.html.parent / ".jupyter_cache"
-    assert [p.name for p in caches.iterdir()] == ["smoke"]
+    assert [p.name for p in caches.iterdir()] == [f"smoke-{library_digest()}"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
