@@ -186,3 +186,19 @@ def markdown_table(rows: Sequence[dict], caption: str = ""):
     if caption:
         lines += ["", f"<small>{caption}</small>"]
     return Markdown("\n".join(lines))
+
+
+def plot_tap_paths(ax: plt.Axes, positions: torch.Tensor, size: int, targets: Optional[torch.Tensor] = None) -> None:
+    """Draw how taps moved during training: ``positions`` is ``(steps + 1, 2, taps)`` offsets from the
+    centre of a ``size`` x ``size`` kernel (grey x: start, line: path, dot: end); ``targets`` (n, 2)
+    are cells to outline in green."""
+    paths = positions.detach().cpu().numpy()
+    if paths.ndim != 3 or paths.shape[1] != 2:
+        raise ValueError(f"positions must be (steps + 1, 2, taps), got {tuple(paths.shape)}")
+    c = size // 2
+    for tap in range(paths.shape[-1]):
+        ax.plot(paths[:, 1, tap] + c, paths[:, 0, tap] + c, "-", color="k", linewidth=0.8)
+        ax.plot(paths[0, 1, tap] + c, paths[0, 0, tap] + c, "x", color="0.5", markersize=4)
+        ax.plot(paths[-1, 1, tap] + c, paths[-1, 0, tap] + c, "o", color="k", markersize=3)
+    for r, col in ([] if targets is None else targets.tolist()):
+        ax.add_patch(plt.Rectangle((col + c - 0.5, r + c - 0.5), 1, 1, fill=False, edgecolor="tab:green"))

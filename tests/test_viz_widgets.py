@@ -18,6 +18,7 @@ from dcls_lib.viz import (  # noqa: E402
     plot_kernel,
     plot_receptive_field,
     plot_tap_frame,
+    plot_tap_paths,
 )
 from dcls_lib.widgets import frame_player  # noqa: E402
 
@@ -116,4 +117,16 @@ def test_plot_receptive_field_draws_the_radius():
     image = plot_receptive_field(ax, erf, title="erf", radius=2.0)
     assert image.norm.vmin == pytest.approx(1e-4) and image.norm.vmax == 1.0  # log scale down to 1e-4 of the peak
     assert len(ax.patches) == 1 and ax.patches[0].get_radius() == 2.0
+    plt.close(fig)
+
+
+def test_plot_tap_paths():
+    fig, ax = plt.subplots()
+    paths = torch.stack([torch.zeros(2, 3), torch.ones(2, 3), 2 * torch.ones(2, 3)])  # 2 steps, 3 taps
+    plot_tap_paths(ax, paths, 7, targets=torch.tensor([[2, 2]]))
+    assert len(ax.lines) == 3 * 3 and len(ax.patches) == 1
+    end = ax.lines[2].get_xydata()[0]
+    assert tuple(end) == (3 + 2, 3 + 2)  # the last position, shifted to grid coordinates
+    with pytest.raises(ValueError, match="steps"):
+        plot_tap_paths(ax, torch.zeros(3, 3), 7)
     plt.close(fig)
