@@ -1,5 +1,6 @@
 # A fresh clone needs only `make book` (set up, then build the book) or `make test` (set up, then test).
-# Both create the virtual environment in $(VENV) when it is missing or older than pyproject.toml.
+# Both create the virtual environment in $(VENV) when it is missing or older than pyproject.toml,
+# and install the system programs the book needs (npm; chromium for the tests) when run as root.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,14 +17,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: env
+	book/system_tools.sh --browser
 	$(BIN)/python -m pytest
 
+# The notebooks run under DCLS_PROFILE (smoke / cpu / gpu; default: gpu with CUDA, else cpu).
 book: env
-	@echo "The book is not written yet: built the environment only."
+	book/system_tools.sh
+	$(BIN)/python book/build_book.py
 
 bench: env
 	$(BIN)/python benchmarks/layer_memory.py
 	$(BIN)/python benchmarks/layer_speed.py
 
 clean:
-	rm -rf $(VENV) book/_build .pytest_cache
+	rm -rf $(VENV) book/_build book/_vendor book/node_modules .pytest_cache

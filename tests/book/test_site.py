@@ -1,0 +1,110 @@
+"""The built book, served on 127.0.0.1 and loaded in headless Chromium: it renders, offline.
+
+For every page: no request leaves localhost, no request fails, no JavaScript error, every image has
+loaded, every formula is typeset by MathJax.  Pages with widgets render them from the embedded state
+and the slider switches frames without a kernel.  Screenshots land in book/_build/screenshots/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from browser import Chromium, is_local, serve
+from pages import BOOK, toc_files
+
+SCREENSHOTS = BOOK / "_build" / "screenshots"
+PAGES = toc_files()
+WIDGET_STATE = "document.querySelector('script[type=\"application/vnd.jupyter.widget-state+json\"]') !== null"
+MATH_DONE = """(() => {
+  const math = Array.from(document.querySelectorAll('.math'));
+  if (!math.length) return true;
+  return math.every(m => m.querySelector('mjx-container'));
+})()"""
+IMAGES_DONE = "Array.from(document.images).every(i => i.complete)"
+VISIBLE_FRAME = """(() => {
+  const shown = Array.from(document.querySelectorAll('.widget-image')).filter(e => e.offsetParent !== null);
+  return shown.map(e => e.src).join(' ');
+})()"""
+
+
+@pytest.fixture(scope="module")
+def site(smoke_book):
+    with serve(smoke_book.html) as base, Chromium() as chrome:
+        page = chrome.new_page()
+        yield base, page
+        page.close()
+
+
+def _load(site, name: str):
+    base, page = site
+    page.goto(base + f"{name}.html")
+    assert page.wait_for(IMAGES_DONE, 30), f"{name}: images did not finish loading"
+    assert page.wait_for(MATH_DONE, 30), f"{name}: MathJax did not typeset every formula"
+    if page.evaluate(WIDGET_STATE):
+        assert page.wait_for("document.querySelectorAll('.jupyter-widgets').length > 0", 30), \
+            f"{name}: the page embeds widget state but no widget rendered"
+    page.settle(1.0)
+    return page
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_offline(site, name):
+    page = _load(site, name)
+    outside = [u for u in page.requests() if not is_local(u)]
+    assert not outside, f"{name}: requests left localhost: {outside}"
+    assert not page.failures(), f"{name}: failed requests: {page.failures()}"
+    assert not page.console_errors(), f"{name}: JavaScript errors: {page.console_errors()}"
+    broken = page.evaluate("Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
+    assert not broken, f"{name}: images that did not render: {broken}"
+    if name.startswith("notebooks/"):
+        figures = page.evaluate("document.querySelectorAll('.cell_output img').length")
+        assert figures >= 1, f"{name}: no figure rendered"
+        article = page.evaluate("document.querySelector('article').innerText")
+        assert "profile smoke" in article, f"{name}: the chapter does not say which profile computed it"
+        banner = page.evaluate("document.querySelector('.bd-header-announcement').innerText")
+        assert "profile smoke" in banner, f"{name}: the banner does not name the build's profile"
+    path = page.screenshot(SCREENSHOTS / f"{name.replace('/', '_')}.png")
+    print(f"screenshot: {path}")
+
+
+def test_formulas_are_typeset(site):
+    page = _load(site, "notebooks/02_interpolation")
+    count = page.evaluate("document.querySelectorAll('mjx-container').length")
+    assert count >= 10, f"only {count} formulas typeset on the interpolation chapter"
+    # MathJax used its own fonts, served locally
+    fonts = [u for u in page.requests() if "mathjax" in u and u.endswith((".woff", ".woff2"))]
+    assert fonts and all(is_local(u) for u in fonts)
+
+
+def test_bibliography_lists_the_seed_papers(site):
+    page = _load(site, "references")
+    text = page.evaluate("document.body.innerText")
+    for title in ("Dilated convolution with learnable spacings", "Grad-CAM study",
+                  "Harmonizing the object recognition strategies"):
+        assert title.lower() in text.lower(), f"the bibliography lacks {title!r}"
+
+
+def test_tap_widget_moves_in_the_static_page(site):
+    """The chapter-2 widget: frames computed at build time, switched in the browser by the slider."""
+    page = _load(site, "notebooks/02_interpolation")
+    assert page.evaluate("document.querySelectorAll('.widget-slider').length") >= 1
+    assert page.evaluate("document.querySelectorAll('.widget-toggle-buttons').length") >= 1
+    page.evaluate("document.querySelector('.widget-slider').scrollIntoView({block: 'center'})")
+    before = page.evaluate(VISIBLE_FRAME)
+    readout = page.evaluate("document.querySelector('.widget-slider .widget-readout').textContent")
+    assert before, "no frame of the widget is visible"
+    assert page.evaluate("(() => { const h = document.querySelector('.widget-slider .noUi-handle'); h.focus(); "
+                         "return document.activeElement === h; })()")
+    page.press("ArrowRight", "ArrowRight", 39)
+    page.settle(0.5)
+    after = page.evaluate(VISIBLE_FRAME)
+    assert page.evaluate("document.querySelector('.widget-slider .widget-readout').textContent") != readout
+    assert after and after != before, "moving the slider did not change the frame"
+    # another interpolation: another series of frames
+    page.evaluate("document.querySelectorAll('.widget-toggle-buttons button')[1].click()")
+    page.settle(0.5)
+    assert page.evaluate(VISIBLE_FRAME) not in ("", after)
+    path = page.screenshot(SCREENSHOTS / "widget_02_interpolation.png", full_page=False)
+    print(f"screenshot: {path}")

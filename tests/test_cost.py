@@ -1,0 +1,71 @@
+"""Cost measurements used by the book's tables: parameter counts, memory kept for backward, timing."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from dcls_lib import Dcls2d
+from dcls_lib.cost import forward_backward, median_time, parameter_count, peak_cuda_memory, saved_for_backward_bytes
+
+
+def test_parameter_count():
+    assert parameter_count(nn.Linear(3, 4)) == 16
+    frozen = nn.Linear(3, 4)
+    frozen.bias.requires_grad_(False)
+    assert parameter_count(frozen) == 12 and parameter_count(frozen, trainable_only=False) == 16
+    layer = Dcls2d(8, 8, 5, dilated_kernel_size=7, groups=8, version="gauss")
+    # weight + P + SIG (2 axes each) + bias
+    assert parameter_count(layer) == 8 * 5 + 2 * 8 * 5 * 2 + 8
+
+
+def test_saved_for_backward_counts_intermediate_tensors_once():
+    x = torch.randn(100, requires_grad=True)
+    assert saved_for_backward_bytes(lambda: (x * 2).exp(), [x]) == 100 * 4  # exp keeps its output
+    y = torch.randn(50, requires_grad=True)
+    assert saved_for_backward_bytes(lambda: y * y, [y]) == 0  # only y, which exists anyway
+    assert saved_for_backward_bytes(lambda: y * y) == 50 * 4  # counted once although saved twice
+
+
+def test_saved_for_backward_of_a_dcls_layer_is_its_dense_kernel():
+    """The kernel is rebuilt in backward: only the dense kernel that the convolution needs is kept."""
+    layer = Dcls2d(16, 16, 10, dilated_kernel_size=13, padding="same", groups=16)
+    x = torch.randn(2, 16, 20, 20)
+    assert saved_for_backward_bytes(lambda: layer(x), [x, *layer.parameters()]) == 16 * 1 * 13 * 13 * 4
+    dense = nn.Conv2d(16, 16, 13, padding="same", groups=16)
+    assert saved_for_backward_bytes(lambda: dense(x), [x, *dense.parameters()]) == 0
+
+
+def test_median_time_runs_the_function_and_bounds_below():
+    calls = []
+
+    def work():
+        calls.append(1)
+        time.sleep(0.01)
+
+    t = median_time(work, repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert t >= 0.01
+    with pytest.raises(ValueError, match="repeats"):
+        median_time(work, repeats=0)
+
+
+def test_forward_backward_fills_gradients():
+    layer = nn.Conv2d(2, 2, 3)
+    step = forward_backward(layer, torch.randn(1, 2, 5, 5))
+    step()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_peak_cuda_memory_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        peak_cuda_memory(lambda: None, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_cuda_memory_sees_an_allocation():
+    def allocate():
+        return torch.empty(1 << 20, device="cuda")
+
+    assert peak_cuda_memory(allocate, "cuda") >= 4 << 20
