@@ -180,17 +180,51 @@ def test_kernel_construction_saves_nothing_but_its_parameters_for_backward():
     assert saved and all(t.untyped_storage().data_ptr() in params for t in saved)
 
 
-def test_chunked_construction_equals_one_piece(monkeypatch):
+@pytest.mark.parametrize("version", ["gauss", "v1"])
+def test_chunked_construction_equals_one_piece(monkeypatch, version):
     torch.manual_seed(0)
-    layer = Dcls2d(6, 6, 4, dilated_kernel_size=(5, 7), groups=2, version="gauss")
+    layer = Dcls2d(6, 6, 4, dilated_kernel_size=(5, 7), groups=2, version=version)
+    params = [p for p in (layer.weight, layer.P, layer.SIG) if p is not None]
     whole = layer.construct_kernel()
-    grads = torch.autograd.grad(whole.square().sum(), [layer.weight, layer.P, layer.SIG])
-    monkeypatch.setattr(kernel_module, "CHUNK_ELEMENTS", 500)
-    assert len(kernel_module._chunks(18, (5, 7), 4)) > 1
+    grads = torch.autograd.grad(whole.square().sum(), params)
+    monkeypatch.setattr(kernel_module, "CHUNK_ELEMENTS", 200)
+    builder = kernel_module._builder(layer.interpolation)
+    assert len(kernel_module._chunks(builder, 18, (5, 7), 4)) > 1
     chunked = layer.construct_kernel()
     torch.testing.assert_close(chunked, whole)
-    for c, w in zip(torch.autograd.grad(chunked.square().sum(), [layer.weight, layer.P, layer.SIG]), grads):
+    for c, w in zip(torch.autograd.grad(chunked.square().sum(), params), grads):
         torch.testing.assert_close(c, w)
+
+
+@pytest.mark.parametrize("version", ["v0", "v1"])
+@pytest.mark.parametrize("sizes", [(9,), (5, 8), (3, 6, 5)])
+def test_bilinear_corners_equal_the_dense_profiles(version, sizes):
+    """The bilinear versions scatter 2^D corners; the general dense-profile builder must agree."""
+    from dcls_lib.layers.interpolation import get_interpolation
+
+    torch.manual_seed(len(sizes))
+    interp = get_interpolation(version)
+    rows, taps = 7, 5
+    weight = torch.randn(rows, taps, dtype=torch.float64)
+    P = torch.stack([torch.empty(rows, taps, dtype=torch.float64).uniform_(-s / 2 - 1, s / 2 + 1) for s in sizes])
+    grad = torch.randn(rows, *sizes, dtype=torch.float64)
+    corners = kernel_module.Corners
+    dense = kernel_module.DenseProfiles
+    torch.testing.assert_close(corners.forward(interp, sizes, weight, P, None), dense.forward(interp, sizes, weight, P, None))
+    for c, d in zip(corners.backward(interp, sizes, weight, P, None, grad)[:2],
+                    dense.backward(interp, sizes, weight, P, None, grad)[:2]):
+        torch.testing.assert_close(c, d)
+
+
+@pytest.mark.parametrize("version", ["max", "gauss"])
+def test_a_width_starting_at_zero_can_learn(version):
+    """The reference's d|SIG|/dSIG is 0 at SIG = 0, where the triangle starts: its width never moves."""
+    torch.manual_seed(0)
+    layer = Dcls2d(2, 2, 3, dilated_kernel_size=7, padding=3, groups=2, version=version)
+    with torch.no_grad():
+        layer.SIG.zero_()
+    layer(torch.randn(1, 2, 9, 9)).square().sum().backward()
+    assert layer.SIG.grad.abs().min() > 0
 
 
 def test_positions_shared_by_several_layers_collect_both_gradients():

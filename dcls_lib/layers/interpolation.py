@@ -16,8 +16,14 @@ Profiles, as the reference library defines them (x = i - q):
   not normalised.  Equal to ``v1`` inside the grid; its derivative is taken from the right at
   integer positions, as the reference's autograd does.
 
-Derivatives follow PyTorch's autograd conventions at the kinks (d|x|/dx = 0 at 0, the ReLU's
-gradient is 0 where its output is 0), so gradients equal the reference's everywhere.
+The bilinear versions touch only two cells per axis, so besides the dense profile they have a
+*corner* form: the first cell ``floor(q)`` and the weights of it and the next cell.  Kernels are
+built from the corner form (a scatter of 2^D corners per tap instead of a dense profile).
+
+Derivatives follow PyTorch's autograd conventions at the kinks of |x - q| and of the ReLU (0 there),
+so position gradients equal the reference's everywhere.  One exception, on purpose: the derivative of
+|SIG| at SIG = 0 is taken as 1, not 0.  The triangle starts at SIG = 0, where the reference's
+gradient for SIG is exactly zero, so its width could never learn.
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ import torch
 from torch import Tensor
 
 ProfileFn = Callable[[Tensor, Tensor, Optional[Tensor]], tuple[Tensor, Tensor, Optional[Tensor]]]
+CornerFn = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def _abs_slope(sig: Tensor) -> Tensor:
+    """d|SIG|/dSIG, with 1 at SIG = 0 so that a width starting at zero can grow."""
+    return torch.where(sig < 0, -1.0, 1.0).to(sig.dtype)
 
 
 def _gauss(idx: Tensor, q: Tensor, sig: Optional[Tensor]):
@@ -36,7 +48,7 @@ def _gauss(idx: Tensor, q: Tensor, sig: Optional[Tensor]):
     z = (idx - q) / s
     g = torch.exp(-0.5 * z * z)
     dg_dq = g * z / s
-    dg_dsig = g * z * z / s * torch.sign(sig)
+    dg_dsig = g * z * z / s * _abs_slope(sig)
     return g, dg_dq, dg_dsig
 
 
@@ -54,16 +66,30 @@ def _bilinear(idx: Tensor, q: Tensor, sig: Optional[Tensor]):
 
 def _triangle(idx: Tensor, q: Tensor, sig: Optional[Tensor]):
     g, dg_dx, dg_dw = _hat(idx - q, sig.abs() + 1.0)
-    return g, -dg_dx, dg_dw * torch.sign(sig)
+    return g, -dg_dx, dg_dw * _abs_slope(sig)
 
 
 def _bilinear_floor(idx: Tensor, q: Tensor, sig: Optional[Tensor]):
-    f = torch.floor(q)
-    r = q - f
-    on_floor = (idx == f).to(q.dtype)
-    on_next = (idx == f + 1).to(q.dtype)
-    g = (1 - r) * on_floor + r * on_next
-    return g, on_next - on_floor, None
+    first, weights, slopes = _floor_corners(q)
+    on_first = (idx == first).to(q.dtype)
+    on_next = (idx == first + 1).to(q.dtype)
+    g = weights[..., 0] * on_first + weights[..., 1] * on_next
+    return g, slopes[..., 0] * on_first + slopes[..., 1] * on_next, None
+
+
+def _floor_corners(q: Tensor):
+    """First cell floor(q), weights (1 - r, r) of it and the next cell, and their derivatives (-1, 1)."""
+    first = torch.floor(q)
+    r = q - first
+    weights = torch.stack([1 - r, r], -1)
+    slopes = torch.stack([-torch.ones_like(r), torch.ones_like(r)], -1)
+    return first, weights, slopes
+
+
+def _hat_corners(q: Tensor):
+    """As ``_floor_corners``, with the hat's zero derivative when q sits exactly on a cell."""
+    first, weights, slopes = _floor_corners(q)
+    return first, weights, slopes * (weights[..., 1:2] != 0).to(q.dtype)
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,7 @@ class Interpolation:
     profile: ProfileFn
     normalized: bool
     sigma_init: Optional[float]  # None: the version has no SIG parameter
+    corners: Optional[CornerFn] = None  # the two-cell form of the bilinear versions
 
     @property
     def has_sigma(self) -> bool:
@@ -83,9 +110,9 @@ class Interpolation:
 
 INTERPOLATIONS: dict[str, Interpolation] = {
     "gauss": Interpolation("gauss", "Gaussian, width |SIG| + 0.27", _gauss, True, 0.23),
-    "v1": Interpolation("v1", "bilinear (hat), normalised per tap", _bilinear, True, None),
+    "v1": Interpolation("v1", "bilinear (hat), normalised per tap", _bilinear, True, None, _hat_corners),
     "max": Interpolation("max", "triangle, half-width |SIG| + 1", _triangle, True, 0.0),
-    "v0": Interpolation("v0", "bilinear from floor(P), not normalised", _bilinear_floor, False, None),
+    "v0": Interpolation("v0", "bilinear from floor(P), not normalised", _bilinear_floor, False, None, _floor_corners),
 }
 
 ALIASES = {"gaussian": "gauss", "bilinear": "v1", "triangle": "max", "bilinear_v0": "v0"}

@@ -1,17 +1,24 @@
 """Building the dense DCLS kernel from tap weights, positions and widths.
 
 For tap ``k`` of filter ``n`` the kernel gets ``weight[n, k] * prod_d g_d[n, k, i_d]`` on cell ``i``,
-where ``g_d`` is the 1-D profile of axis ``d`` (see ``interpolation``), and taps are summed.  Written
-this way, a 17x17 kernel of 34 taps needs two (34 x 17) profile tables per filter instead of the
-(34 x 17 x 17 x 2) tensors that a direct construction builds and keeps for backward.
+where ``g_d`` is the 1-D profile of axis ``d`` (see ``interpolation``), and taps are summed.  Two
+builders use that separability:
+
+* ``DenseProfiles`` (gauss, max): one (taps x size_d) profile table per axis and filter, contracted
+  with a batched matrix product.  A 17x17 kernel of 34 taps needs two (34 x 17) tables per filter
+  instead of the (34 x 17 x 17 x 2) tensors a direct construction builds and keeps for backward.
+* ``Corners`` (v0, v1): a bilinear tap touches two cells per axis, so each tap scatters its 2^D
+  corners into the kernel; backward gathers them.  Its cost does not grow with the kernel size,
+  which matters for the dense (groups=1) layers of ResNet.
 
 ``DclsKernel`` is a custom autograd function: it saves only its inputs (the layer's parameters) and
-recomputes the profiles in backward, so building a kernel keeps no extra memory for backward.  Large
+recomputes what it needs in backward, so building a kernel keeps no extra memory for backward.  Large
 layers are processed in chunks of filters so that transient memory stays bounded too.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -24,94 +31,151 @@ CHUNK_ELEMENTS = 1 << 22  # transient tensor elements per chunk of filters (16 M
 _AXES = "zyx"
 
 
-def _row_cost(sizes: Sequence[int], kernel_count: int) -> int:
-    """Rough count of transient elements per filter, to size the chunks."""
-    cells = 1
-    for s in sizes:
-        cells *= s
-    return kernel_count * (4 * sum(sizes) + cells // min(sizes)) + cells
+def _normalizer(sums: list[Tensor]) -> Tensor:
+    """prod_d sums_d + eps: the total of each tap's weights over the whole grid."""
+    return math.prod(sums[1:], start=sums[0]) + NORMALIZATION_EPS
 
 
-def _chunks(rows: int, sizes: Sequence[int], kernel_count: int) -> list[slice]:
-    step = max(1, CHUNK_ELEMENTS // _row_cost(sizes, kernel_count))
+def _normalization_backward(grad_w: Tensor, w: Tensor, norm: Tensor, sums: list[Tensor], grad_gs: list[Tensor]):
+    """Through w = weight / norm: the weight's gradient, and each axis' share added to ``grad_gs``."""
+    grad_norm = -grad_w * w / norm
+    for d in range(len(sums)):
+        others = math.prod((s for e, s in enumerate(sums) if e != d), start=torch.ones_like(norm))
+        grad_gs[d] = grad_gs[d] + (grad_norm * others).unsqueeze(-1)
+    return grad_w / norm
+
+
+class DenseProfiles:
+    """Kernel = sum over taps of weight x outer product of full 1-D profiles (any interpolation)."""
+
+    @staticmethod
+    def row_cost(sizes: Sequence[int], taps: int) -> int:
+        cells = math.prod(sizes)
+        return taps * (4 * sum(sizes) + cells // min(sizes)) + cells
+
+    @staticmethod
+    def _profiles(interp: Interpolation, sizes, P: Tensor, SIG: Optional[Tensor]):
+        """Per axis: the profile (rows, taps, size_d) and its derivatives w.r.t. position and SIG."""
+        out = []
+        for d, size in enumerate(sizes):
+            idx = torch.arange(size, device=P.device, dtype=P.dtype)
+            sig = None if SIG is None else SIG[d].unsqueeze(-1)
+            out.append(interp.profile(idx, P[d].unsqueeze(-1) + (size // 2), sig))
+        return out
+
+    @staticmethod
+    def _contract(w: Tensor, gs: list[Tensor]) -> Tensor:
+        """sum_k w[n, k] prod_d g_d[n, k, i_d]  ->  (rows, *sizes)."""
+        acc = w.unsqueeze(-1) * gs[0]
+        if len(gs) == 1:
+            return acc.sum(1)
+        for g in gs[1:-1]:
+            acc = (acc.unsqueeze(-1) * g.unsqueeze(2)).flatten(2)
+        out = torch.bmm(acc.transpose(1, 2), gs[-1])
+        return out.view(w.shape[0], *(g.shape[-1] for g in gs))
+
+    @staticmethod
+    def _leave_one_out(grad: Tensor, gs: list[Tensor], d: int) -> Tensor:
+        """sum over all cells but axis d of grad * prod_{e != d} g_e  ->  (rows, taps, size_d)."""
+        if len(gs) == 1:
+            return grad.unsqueeze(1).expand_as(gs[0])
+        axes = _AXES[-len(gs):]
+        operands = [grad] + [g for e, g in enumerate(gs) if e != d]
+        spec = "n" + axes + "".join(f",nk{a}" for e, a in enumerate(axes) if e != d)
+        return torch.einsum(f"{spec}->nk{axes[d]}", *operands)
+
+    @classmethod
+    def forward(cls, interp, sizes, weight, P, SIG):
+        gs = [g for g, _, _ in cls._profiles(interp, sizes, P, SIG)]
+        w = weight / _normalizer([g.sum(-1) for g in gs]) if interp.normalized else weight
+        return cls._contract(w, gs)
+
+    @classmethod
+    def backward(cls, interp, sizes, weight, P, SIG, grad_kernel):
+        profiles = cls._profiles(interp, sizes, P, SIG)
+        gs = [g for g, _, _ in profiles]
+        sums = [g.sum(-1) for g in gs]
+        norm = _normalizer(sums) if interp.normalized else None
+        w = weight / norm if interp.normalized else weight
+        partial = [cls._leave_one_out(grad_kernel, gs, d) for d in range(len(gs))]
+        grad_w = (partial[0] * gs[0]).sum(-1)
+        grad_gs = [w.unsqueeze(-1) * h for h in partial]
+        grad_weight = _normalization_backward(grad_w, w, norm, sums, grad_gs) if interp.normalized else grad_w
+        grad_P = torch.stack([(gg * dq).sum(-1) for gg, (_, dq, _) in zip(grad_gs, profiles)])
+        grad_SIG = None
+        if SIG is not None:
+            grad_SIG = torch.stack([(gg * ds).sum(-1) for gg, (_, _, ds) in zip(grad_gs, profiles)])
+        return grad_weight, grad_P, grad_SIG
+
+
+class Corners:
+    """Kernel = each tap's 2^D bilinear corners scattered into the grid (v0, v1)."""
+
+    @staticmethod
+    def row_cost(sizes: Sequence[int], taps: int) -> int:
+        return taps * (2 ** len(sizes)) * 8 + math.prod(sizes)
+
+    @staticmethod
+    def _axes(interp: Interpolation, sizes, P: Tensor):
+        """Per axis: the two cells' weights and slopes (0 off the grid) and their flat-index offsets."""
+        weights, slopes, offsets = [], [], []
+        stride = math.prod(sizes)
+        for d, size in enumerate(sizes):
+            stride //= size
+            first, w, s = interp.corners(P[d] + (size // 2))
+            cells = first.long().unsqueeze(-1) + torch.arange(2, device=P.device)
+            on_grid = ((cells >= 0) & (cells < size)).to(P.dtype)
+            weights.append(w * on_grid)
+            slopes.append(s * on_grid)
+            offsets.append(cells.clamp(0, size - 1) * stride)
+        return weights, slopes, offsets
+
+    @staticmethod
+    def _outer(parts: list[Tensor], combine) -> Tensor:
+        """(rows, taps, 2) per axis -> (rows, taps, 2, ..., 2) combined over every corner."""
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = combine(acc.unsqueeze(-1), part.view(*part.shape[:2], *([1] * (acc.dim() - 2)), 2))
+        return acc
+
+    @classmethod
+    def forward(cls, interp, sizes, weight, P, SIG):
+        weights, _, offsets = cls._axes(interp, sizes, P)
+        w = weight / _normalizer([g.sum(-1) for g in weights]) if interp.normalized else weight
+        values = (w.view(*w.shape, *([1] * len(sizes))) * cls._outer(weights, torch.mul)).flatten(1)
+        index = cls._outer(offsets, torch.add).flatten(1)
+        kernel = weight.new_zeros(weight.shape[0], math.prod(sizes))
+        return kernel.scatter_add_(1, index, values).view(weight.shape[0], *sizes)
+
+    @classmethod
+    def backward(cls, interp, sizes, weight, P, SIG, grad_kernel):
+        D = len(sizes)
+        weights, slopes, offsets = cls._axes(interp, sizes, P)
+        rows, taps = weight.shape
+        index = cls._outer(offsets, torch.add)
+        corner_grad = grad_kernel.reshape(rows, -1).gather(1, index.flatten(1)).view(index.shape)
+        sums = [g.sum(-1) for g in weights]
+        norm = _normalizer(sums) if interp.normalized else None
+        w = weight / norm if interp.normalized else weight
+        grad_w = (corner_grad * cls._outer(weights, torch.mul)).flatten(2).sum(-1)
+        grad_gs = []
+        for d in range(D):
+            others = [g if e != d else torch.ones_like(g) for e, g in enumerate(weights)]
+            summed = corner_grad * cls._outer(others, torch.mul)
+            other_axes = [a for a in range(2, 2 + D) if a != 2 + d]
+            grad_gs.append(w.unsqueeze(-1) * (summed.sum(other_axes) if other_axes else summed))
+        grad_weight = _normalization_backward(grad_w, w, norm, sums, grad_gs) if interp.normalized else grad_w
+        grad_P = torch.stack([(gg * s).sum(-1) for gg, s in zip(grad_gs, slopes)])
+        return grad_weight, grad_P, None
+
+
+def _builder(interp: Interpolation):
+    return Corners if interp.corners is not None else DenseProfiles
+
+
+def _chunks(builder, rows: int, sizes: Sequence[int], taps: int) -> list[slice]:
+    step = max(1, CHUNK_ELEMENTS // builder.row_cost(sizes, taps))
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-def _profiles(interp: Interpolation, sizes, P: Tensor, SIG: Optional[Tensor]):
-    """Per axis: the profile (rows, taps, size_d) and its derivatives w.r.t. position and SIG."""
-    out = []
-    for d, size in enumerate(sizes):
-        idx = torch.arange(size, device=P.device, dtype=P.dtype)
-        q = P[d].unsqueeze(-1) + (size // 2)
-        sig = None if SIG is None else SIG[d].unsqueeze(-1)
-        out.append(interp.profile(idx, q, sig))
-    return out
-
-
-def _normalizer(gs: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """prod_d sum_i g_d + eps (the sum of each tap's weights over the whole grid), and the per-axis sums."""
-    sums = [g.sum(-1) for g in gs]
-    norm = sums[0]
-    for s in sums[1:]:
-        norm = norm * s
-    return norm + NORMALIZATION_EPS, sums
-
-
-def _contract(w: Tensor, gs: list[Tensor]) -> Tensor:
-    """sum_k w[n, k] prod_d g_d[n, k, i_d]  ->  (rows, *sizes)."""
-    rows = w.shape[0]
-    acc = w.unsqueeze(-1) * gs[0]
-    if len(gs) == 1:
-        return acc.sum(1)
-    for g in gs[1:-1]:
-        acc = (acc.unsqueeze(-1) * g.unsqueeze(2)).flatten(2)
-    out = torch.bmm(acc.transpose(1, 2), gs[-1])
-    return out.view(rows, *(g.shape[-1] for g in gs))
-
-
-def _leave_one_out(grad: Tensor, gs: list[Tensor], d: int) -> Tensor:
-    """sum over all cells but axis d of grad * prod_{e != d} g_e  ->  (rows, taps, size_d)."""
-    if len(gs) == 1:
-        return grad.unsqueeze(1).expand_as(gs[0])
-    axes = _AXES[-len(gs):]
-    operands = [grad] + [g for e, g in enumerate(gs) if e != d]
-    spec = "n" + axes + "".join(f",nk{a}" for e, a in enumerate(axes) if e != d)
-    return torch.einsum(f"{spec}->nk{axes[d]}", *operands)
-
-
-def _build(interp: Interpolation, sizes, weight: Tensor, P: Tensor, SIG: Optional[Tensor]) -> Tensor:
-    gs = [g for g, _, _ in _profiles(interp, sizes, P, SIG)]
-    w = weight / _normalizer(gs)[0] if interp.normalized else weight
-    return _contract(w, gs)
-
-
-def _build_backward(interp: Interpolation, sizes, weight, P, SIG, grad_kernel):
-    profiles = _profiles(interp, sizes, P, SIG)
-    gs = [g for g, _, _ in profiles]
-    if interp.normalized:
-        norm, sums = _normalizer(gs)
-        w = weight / norm
-    else:
-        w = weight
-    partial = [_leave_one_out(grad_kernel, gs, d) for d in range(len(gs))]
-    grad_w = (partial[0] * gs[0]).sum(-1)
-    grad_gs = [w.unsqueeze(-1) * h for h in partial]
-    if interp.normalized:
-        grad_weight = grad_w / norm
-        grad_norm = -grad_w * w / norm
-        for d in range(len(gs)):
-            others = torch.ones_like(norm)
-            for e, s in enumerate(sums):
-                if e != d:
-                    others = others * s
-            grad_gs[d] = grad_gs[d] + (grad_norm * others).unsqueeze(-1)
-    else:
-        grad_weight = grad_w
-    grad_P = torch.stack([(gg * dq).sum(-1) for gg, (_, dq, _) in zip(grad_gs, profiles)])
-    grad_SIG = None
-    if SIG is not None:
-        grad_SIG = torch.stack([(gg * ds).sum(-1) for gg, (_, _, ds) in zip(grad_gs, profiles)])
-    return grad_weight, grad_P, grad_SIG
 
 
 class DclsKernel(torch.autograd.Function):
@@ -120,30 +184,33 @@ class DclsKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, P, SIG, sizes, version):
         interp = get_interpolation(version)
+        builder = _builder(interp)
         ctx.save_for_backward(weight, P, SIG)
         ctx.sizes, ctx.version = sizes, version
         rows, taps = weight.shape
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            parts = _chunks(rows, sizes, taps)
+            parts = _chunks(builder, rows, sizes, taps)
             if len(parts) == 1:
-                return _build(interp, sizes, weight, P, SIG)
+                return builder.forward(interp, sizes, weight, P, SIG)
             out = weight.new_empty(rows, *sizes)
             for sl in parts:
-                out[sl] = _build(interp, sizes, weight[sl], P[:, sl], None if SIG is None else SIG[:, sl])
+                sig = None if SIG is None else SIG[:, sl]
+                out[sl] = builder.forward(interp, sizes, weight[sl], P[:, sl], sig)
             return out
 
     @staticmethod
     def backward(ctx, grad_kernel):
         weight, P, SIG = ctx.saved_tensors
         interp = get_interpolation(ctx.version)
+        builder = _builder(interp)
         grad_kernel = grad_kernel.to(weight.dtype)
         rows, taps = weight.shape
         grad_weight, grad_P = torch.empty_like(weight), torch.empty_like(P)
         grad_SIG = None if SIG is None else torch.empty_like(SIG)
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            for sl in _chunks(rows, ctx.sizes, taps):
+            for sl in _chunks(builder, rows, ctx.sizes, taps):
                 sig = None if SIG is None else SIG[:, sl]
-                gw, gp, gs = _build_backward(interp, ctx.sizes, weight[sl], P[:, sl], sig, grad_kernel[sl])
+                gw, gp, gs = builder.backward(interp, ctx.sizes, weight[sl], P[:, sl], sig, grad_kernel[sl])
                 grad_weight[sl], grad_P[:, sl] = gw, gp
                 if gs is not None:
                     grad_SIG[:, sl] = gs
