@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layers.dcls import _DclsNd
+from .layers import DclsNd
 
 
 @dataclass
@@ -29,7 +29,7 @@ class FitHistory:
         return self.loss.numel() - 1
 
 
-def kernel_loss(layer: _DclsNd, target: Tensor) -> Tensor:
+def kernel_loss(layer: DclsNd, target: Tensor) -> Tensor:
     """Sum of squared differences between the layer's dense kernel and ``target``."""
     kernel = layer.construct_kernel()
     if kernel.shape != target.shape:
@@ -38,7 +38,7 @@ def kernel_loss(layer: _DclsNd, target: Tensor) -> Tensor:
 
 
 def fit_kernel(
-    layer: _DclsNd,
+    layer: DclsNd,
     target: Tensor,
     steps: int,
     lr: float = 0.01,

@@ -9,6 +9,7 @@ with ``run_label()``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -18,6 +19,7 @@ import torch
 
 PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_ENV = "DCLS_PROFILE"
+RUNS_ENV = "DCLS_RUNS"
 
 
 def current_profile() -> str:
@@ -53,6 +55,26 @@ def git_commit(path: str | Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def library_digest() -> str:
+    """A short hash of dcls_lib's Python source: results computed by another version differ in it."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def runs_dir() -> Path:
+    """Where trained runs are kept: ``$DCLS_RUNS``, else ``runs/`` of this checkout, else the user cache."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "runs"
+    return Path.home() / ".cache" / "dcls_lib" / "runs"
 
 
 def run_info(device: torch.device | str | None = None, profile: str | None = None) -> dict:

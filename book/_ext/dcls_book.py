@@ -15,25 +15,13 @@ those scripts are dropped from the pages.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
 
-import dcls_lib
-from dcls_lib.runtime import current_profile, device_name
+from dcls_lib.runtime import current_profile, device_name, library_digest
 
 _THEBE_CONFIG = re.compile(r'<script type="text/x-thebe-config">.*?</script>', re.S)
-
-
-def library_digest() -> str:
-    """A short hash of dcls_lib's Python source, which the notebooks' results depend on."""
-    root = Path(dcls_lib.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def _per_profile_cache(app, config) -> None:

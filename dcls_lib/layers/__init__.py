@@ -1,6 +1,6 @@
 """DCLS layers: convolutions with learnable tap positions, in 1-D, 2-D and 3-D."""
 
-from .dcls import Dcls1d, Dcls2d, Dcls3d, position_limits
+from .dcls import Dcls1d, Dcls2d, Dcls3d, DclsNd, position_limits
 from .interpolation import ALIASES, INTERPOLATIONS, get_interpolation, profile
 from .kernel import construct_kernel
 from .reference import from_reference_state_dict, reference_axis_order
@@ -11,6 +11,7 @@ __all__ = [
     "Dcls1d",
     "Dcls2d",
     "Dcls3d",
+    "DclsNd",
     "construct_kernel",
     "from_reference_state_dict",
     "get_interpolation",

@@ -43,7 +43,9 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
-class _DclsNd(nn.Module):
+class DclsNd(nn.Module):
+    """The base of Dcls1d/2d/3d (use it for isinstance checks); ``ndim`` is set by each subclass."""
+
     ndim: int
 
     def __init__(
@@ -211,19 +213,19 @@ class _DclsNd(nn.Module):
         return s
 
 
-class Dcls1d(_DclsNd):
+class Dcls1d(DclsNd):
     """DCLS over (N, C, L) inputs: ``kernel_count`` taps per filter, placed in ``dilated_kernel_size`` cells."""
 
     ndim = 1
 
 
-class Dcls2d(_DclsNd):
+class Dcls2d(DclsNd):
     """DCLS over (N, C, H, W) inputs; ``P[0]`` moves taps along rows, ``P[1]`` along columns."""
 
     ndim = 2
 
 
-class Dcls3d(_DclsNd):
+class Dcls3d(DclsNd):
     """DCLS over (N, C, D, H, W) inputs; ``P[d]`` moves taps along spatial axis ``d``."""
 
     ndim = 3

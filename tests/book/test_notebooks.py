@@ -16,7 +16,7 @@ def test_there_are_chapters():
 def test_execution_cache_is_keyed_by_profile_and_library(smoke_book):
     """Jupyter-cache keys notebooks by their code only: outputs computed under another profile or
     with another version of dcls_lib must not be reused."""
-    from dcls_book import library_digest
+    from dcls_lib.runtime import library_digest
 
     caches = smoke_book.html.parent / ".jupyter_cache"
     assert [p.name for p in caches.iterdir()] == [f"smoke-{library_digest()}"]

@@ -1,0 +1,190 @@
+"""The study on SynthClick: train each family member as baseline, dilated and DCLS, then score how
+well their Grad-CAM and Threshold-Grad-CAM maps align with the known "human" maps.
+
+Each (family, variant, seed) is one training run (``dcls_lib.train``), kept under
+``<runs>/study-<profile>-<library digest>/`` so that a rerun resumes or reloads it and a change of the
+library retrains.  Scores come from ``dcls_lib.evaluate.evaluate_alignment`` on held-out test images
+(per-image results are kept beside each run).  The table and the files the book's figures are drawn
+from are written to ``study.json`` and ``study.md`` in the same folder.
+
+    python -m dcls_lib.study --profile cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data.synthclick import SynthClick
+from .evaluate import PixelNormalize, evaluate_alignment
+from .models import cam_target
+from .models.small import VARIANTS
+from .runtime import current_profile, library_digest, run_info, runs_dir
+from .train import TrainConfig, TrainRun, _atomic_json, evaluate_accuracy, profile_config, train
+
+EXPLAINERS = ("gradcam", "threshold-gradcam")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Which runs the study trains and how many test images score them."""
+
+    profile: str
+    families: tuple[str, ...]
+    variants: tuple[str, ...] = VARIANTS
+    seeds: tuple[int, ...] = (0,)
+    test_size: int = 600
+    threshold: float = 0.3
+    train_overrides: dict = field(default_factory=dict)
+
+    def configs(self) -> list[TrainConfig]:
+        return [profile_config(self.profile, family=f, variant=v, seed=s, **self.train_overrides)
+                for f in self.families for v in self.variants for s in self.seeds]
+
+
+PLANS = {
+    "smoke": StudyPlan("smoke", families=("convnext", "resnet"), test_size=24),
+    "cpu": StudyPlan("cpu", families=("resnet", "convnext"), test_size=600),
+    "gpu": StudyPlan("gpu", families=("resnet", "convnext", "fastvit", "convformer"), seeds=(0, 1, 2), test_size=2400),
+}
+
+
+def study_dir(profile: str) -> Path:
+    return runs_dir() / f"study-{profile}-{library_digest()}"
+
+
+def _run_name(config: TrainConfig) -> str:
+    return f"{config.family}-{config.variant}-seed{config.seed}"
+
+
+def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
+    config = run.config
+    test = SynthClick("test", image_size=config.image_size, seed=config.data_seed, size=plan.test_size)
+    loader = DataLoader(test, batch_size=config.batch_size)
+    _, test_acc, confusion = evaluate_accuracy(run.model, loader, device, SynthClick.num_classes)
+    row = {"family": config.family, "variant": config.variant, "seed": config.seed,
+           "val_acc": run.final["val_acc"], "test_acc": test_acc, "test_confusion": confusion.tolist()}
+    target = cam_target(run.model)
+    for explainer in EXPLAINERS:
+        summary = evaluate_alignment(
+            run.model, target.layer, test, reshape_transform=target.reshape_transform,
+            preprocess=PixelNormalize(SynthClick.mean, SynthClick.std), explainer=explainer,
+            threshold=plan.threshold, batch_size=config.batch_size, device=device,
+            results_path=run.out_dir / f"alignment-{explainer}.jsonl", progress=progress,
+        )
+        row[explainer] = summary.score
+        row[f"{explainer} constant maps"] = summary.constant
+    return row
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and spread (sample standard deviation) over seeds, per family and variant."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["family"], row["variant"]), []).append(row)
+    out = []
+    for (family, variant), members in groups.items():
+        entry = {"family": family, "variant": variant, "seeds": len(members)}
+        for key in ("test_acc", *EXPLAINERS):
+            values = [m[key] for m in members]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(entry)
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    """The study's table: accuracy and alignment (mean, and spread over seeds where there are several)."""
+
+    def cell(entry, key, percent=True):
+        scale = 100 if percent else 1
+        text = f"{entry[key] * scale:.1f}"
+        if entry.get(f"{key} std") is not None:
+            text += f" ± {entry[f'{key} std'] * scale:.1f}"
+        return text
+
+    lines = ["| family | variant | seeds | test accuracy (%) | Grad-CAM alignment (%) | Threshold-Grad-CAM alignment (%) |",
+             "|---|---|---|---|---|---|"]
+    for e in summary:
+        lines.append(f"| {e['family']} | {e['variant']} | {e['seeds']} | {cell(e, 'test_acc')} | "
+                     f"{cell(e, 'gradcam')} | {cell(e, 'threshold-gradcam')} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class StudyResults:
+    plan: StudyPlan
+    rows: list[dict]
+    out_dir: Path
+    info: dict
+
+    @property
+    def summary(self) -> list[dict]:
+        return aggregate(self.rows)
+
+    def table(self) -> str:
+        return markdown_table(self.summary)
+
+    def run_dir(self, family: str, variant: str, seed: int = 0) -> Path:
+        return self.out_dir / f"{family}-{variant}-seed{seed}"
+
+
+def run_study(
+    profile: Optional[str] = None, out_dir: Optional[os.PathLike] = None, device=None, progress: bool = True,
+    plan: Optional[StudyPlan] = None,
+) -> StudyResults:
+    """Train (or resume, or reload) every run of the plan, score it, and write study.json / study.md."""
+    profile = profile or current_profile()
+    if plan is None:
+        if profile not in PLANS:
+            raise ValueError(f"profile must be one of {sorted(PLANS)}, got {profile!r}")
+        plan = PLANS[profile]
+    out = Path(out_dir) if out_dir is not None else study_dir(profile)
+    device = torch.device(device) if device not in (None, "auto") else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    rows = []
+    for config in plan.configs():
+        run = train(config, out / _run_name(config), device=device, progress=progress)
+        rows.append(_score_run(run, plan, device, progress))
+    info = run_info(device, profile)
+    results = StudyResults(plan, rows, out, info)
+    plan_dict = dataclasses.asdict(plan)
+    _atomic_json({"plan": plan_dict, "run": info, "rows": rows, "summary": results.summary}, out / "study.json")
+    tmp = out / "study.md.tmp"
+    tmp.write_text(results.table() + "\n")
+    os.replace(tmp, out / "study.md")
+    return results
+
+
+def load_study(path: os.PathLike) -> StudyResults:
+    """A study written by ``run_study`` (a folder or its study.json), e.g. a GPU run kept in the repository."""
+    path = Path(path)
+    path = path / "study.json" if path.is_dir() else path
+    data = json.loads(path.read_text())
+    plan = StudyPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
+    return StudyResults(plan, data["rows"], path.parent, data["run"])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> StudyResults:
+    parser = argparse.ArgumentParser(prog="python -m dcls_lib.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=sorted(PLANS), default=None)
+    parser.add_argument("--out", default=None, help="study folder (default: runs/study-<profile>-<digest>)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    results = run_study(args.profile, args.out, device=args.device)
+    print(results.table())
+    print(f"\n{json.dumps(results.info)}\nwritten to {results.out_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""Training small family members on SynthClick with the published DCLS recipe.
+
+The recipe (ConvNeXt-dcls and DCLS-Audio training code): AdamW; positions ``P`` and widths ``SIG``
+without weight decay at 5x the learning rate; ``clamp_parameters()`` after every optimiser step;
+optionally, the ConvNeXt-dcls repulsion loss between the taps of a kernel.  For the Gaussian
+version, ``SIG`` is learned with the positions as published, or (``sigma="schedule"``) not learned
+and decayed from ``dilated_kernel_size // 2`` to its initial 0.23 over the first quarter of training,
+as the thesis does for learned delays.
+
+Runs are resumable: with ``out_dir`` every epoch ends with an atomic checkpoint, a JSON log (losses,
+accuracies, confusion matrices, learning rates, timings, what ran it) and the positions of every
+stage.  Calling ``train`` again with the same configuration continues where it stopped, or loads the
+finished run.
+
+    python -m dcls_lib.train --family convnext --variant dcls --profile cpu --out runs/convnext-dcls
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data.synthclick import SynthClick
+from .layers import DclsNd
+from .models.small import SMALL_FAMILIES, VARIANTS, create_small_model
+from .runtime import current_profile, run_info
+
+SIGMA_MODES = ("learned", "schedule")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved with it and checked on resume."""
+
+    family: str = "convnext"
+    variant: str = "dcls"
+    profile: str = "custom"  # the profile these settings came from, for labels
+    width: int = 32
+    image_size: int = 64
+    train_size: int = 12000
+    val_size: int = 1200
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    position_lr_scale: float = 5.0
+    sigma: str = "learned"
+    repulsion_weight: float = 0.0
+    repulsion_from_epoch: int = 0
+    dilated_kernel_size: Optional[int] = None
+    kernel_count: Optional[int] = None
+    version: Optional[str] = None
+    seed: int = 0
+    data_seed: int = 0
+    amp: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family not in SMALL_FAMILIES:
+            raise ValueError(f"family must be one of {sorted(SMALL_FAMILIES)}, got {self.family!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.sigma not in SIGMA_MODES:
+            raise ValueError(f"sigma must be one of {SIGMA_MODES}, got {self.sigma!r}")
+        for name in ("epochs", "batch_size", "train_size", "val_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.position_lr_scale <= 0:
+            raise ValueError("lr and position_lr_scale must be > 0 and weight_decay >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Per profile: how big and how long.  smoke: seconds, for the tests; cpu: the book on 2 cores;
+# gpu: full size on one GPU.
+PROFILE_SETTINGS = {
+    "smoke": dict(width=8, image_size=64, train_size=96, val_size=48, epochs=2, batch_size=32, warmup_steps=2),
+    "cpu": dict(width=24, image_size=64, train_size=24000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100,
+                num_workers=1),
+    "gpu": dict(width=48, image_size=128, train_size=96000, val_size=4800, epochs=30, batch_size=256,
+                warmup_steps=500, lr=3e-3, amp=True, num_workers=8),
+}
+
+
+def profile_config(profile: Optional[str] = None, **overrides) -> TrainConfig:
+    """The configuration of ``profile`` (default: ``current_profile()``) with ``overrides``."""
+    profile = profile or current_profile()
+    if profile not in PROFILE_SETTINGS:
+        raise ValueError(f"profile must be one of {sorted(PROFILE_SETTINGS)}, got {profile!r}")
+    return TrainConfig(**{**PROFILE_SETTINGS[profile], "profile": profile, **overrides})
+
+
+# --- the DCLS recipe ------------------------------------------------------------------------------
+
+def dcls_layers(model: nn.Module) -> list[DclsNd]:
+    return [m for m in model.modules() if isinstance(m, DclsNd)]
+
+
+def position_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every distinct P and SIG of the model (shared ones once), by the name of their first owner."""
+    found: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DclsNd):
+            for attr in ("P", "SIG"):
+                param = getattr(module, attr)
+                if param is not None and id(param) not in found:
+                    found[id(param)] = (f"{name}.{attr}", param)
+    return dict(found.values())
+
+
+def dcls_param_groups(
+    model: nn.Module, lr: float, weight_decay: float, position_lr_scale: float = 5.0, learn_sigma: bool = True
+) -> list[dict]:
+    """AdamW groups: weights with decay; biases and norms without; P (and SIG) without decay at
+    ``position_lr_scale`` x lr.  With ``learn_sigma=False``, SIG is left out (it is scheduled)."""
+    positions = position_parameters(model)
+    special = {id(p) for p in positions.values()}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if id(param) in special or not param.requires_grad:
+            continue
+        (no_decay if param.dim() <= 1 else decay).append(param)
+    moving = [p for n, p in positions.items() if learn_sigma or not n.endswith(".SIG")]
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": moving, "lr": lr * position_lr_scale, "weight_decay": 0.0, "name": "positions"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def clamp_positions(model: nn.Module) -> None:
+    """The reference's clamp after each optimiser step, once per distinct layer."""
+    for layer in dcls_layers(model):
+        layer.clamp_parameters()
+
+
+def repulsion_loss(model: nn.Module) -> torch.Tensor:
+    """ConvNeXt-dcls' repulsion: mean over tap pairs of clamp_min(1 - distance, 0), squared, per P."""
+    terms = []
+    for name, P in position_parameters(model).items():
+        if not name.endswith(".P"):
+            continue
+        taps = P.flatten(1, -2).permute(1, 2, 0)  # (filters, taps, ndim)
+        distances = torch.cdist(taps, taps)
+        pairs = ~torch.eye(taps.shape[1], dtype=torch.bool, device=P.device)
+        terms.append(F.relu(1 - distances[:, pairs]).mean() ** 2)
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def sigma_value(config: TrainConfig, epoch: int) -> float:
+    """The scheduled Gaussian width for ``epoch``: from dilated_kernel_size // 2 down to 0.23 over the
+    first quarter of the epochs (linearly), then 0.23."""
+    size = config.dilated_kernel_size or 17
+    start, end = size // 2, 0.23
+    quarter = max(1, math.ceil(config.epochs / 4))
+    return end if epoch >= quarter else start + (end - start) * epoch / quarter
+
+
+def _set_sigma(model: nn.Module, value: float) -> None:
+    with torch.no_grad():
+        for name, param in position_parameters(model).items():
+            if name.endswith(".SIG"):
+                param.fill_(value)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """Learning-rate factor: linear warm-up, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+@dataclass
+class TrainRun:
+    model: nn.Module
+    config: TrainConfig
+    log: dict
+    out_dir: Optional[Path]
+
+    @property
+    def final(self) -> dict:
+        return self.log["epochs"][-1]
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(SynthClick.mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(SynthClick.std, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, amp=None):
+    """Mean loss, accuracy and the confusion matrix (rows: true class) over ``loader``."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    total_loss, count = 0.0, 0
+    for images, labels, _ in loader:
+        images, labels = images.to(device), labels.to(device)
+        with amp or nullcontext():
+            logits = model(_normalize(images)).float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        count += labels.numel()
+        pairs = labels.cpu() * num_classes + logits.argmax(1).cpu()
+        confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+    return total_loss / count, (confusion.diag().sum() / count).item(), confusion
+
+
+def position_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in position_parameters(model).items() if name.endswith(".P")}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _build(config: TrainConfig, device: torch.device) -> nn.Module:
+    torch.manual_seed(config.seed)
+    model = create_small_model(
+        config.family, config.variant, num_classes=SynthClick.num_classes, width=config.width,
+        dilated_kernel_size=config.dilated_kernel_size, kernel_count=config.kernel_count, version=config.version,
+    )
+    return model.to(device)
+
+
+def train(
+    config: TrainConfig, out_dir: Optional[os.PathLike] = None, device=None, progress: bool = True
+) -> TrainRun:
+    """Train (or resume, or load the finished) run of ``config``; see the module docstring."""
+    device = _resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    model = _build(config, device)
+    learn_sigma = config.sigma == "learned"
+    optimizer = torch.optim.AdamW(
+        dcls_param_groups(model, config.lr, config.weight_decay, config.position_lr_scale, learn_sigma)
+    )
+    steps_per_epoch = config.train_size // config.batch_size or 1
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, config.epochs * steps_per_epoch)
+    )
+    log = {"config": config.to_dict(), "run": run_info(device, config.profile), "epochs": []}
+    positions = {"init": position_snapshot(model)}
+    start = 0
+    checkpoint = out / "checkpoint.pt" if out else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config"] != config.to_dict():
+            raise ValueError(
+                f"{checkpoint} holds a run with another configuration; use another out_dir or delete it.\n"
+                f"saved: {state['config']}\nasked: {config.to_dict()}"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        log, positions, start = state["log"], state["positions"], state["epoch"] + 1
+
+    train_set = SynthClick("train", image_size=config.image_size, seed=config.data_seed, size=config.train_size)
+    val_set = SynthClick("val", image_size=config.image_size, seed=config.data_seed, size=config.val_size)
+    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.num_workers)
+    amp = _autocast(config, device)
+    for epoch in range(start, config.epochs):
+        if not learn_sigma:
+            _set_sigma(model, sigma_value(config, epoch))
+        shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                            generator=shuffle, num_workers=config.num_workers)
+        model.train()
+        started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(loader, desc=f"{config.family}-{config.variant} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        for images, labels, _ in bar:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with amp:
+                logits = model(_normalize(images))
+                loss = F.cross_entropy(logits.float(), labels)
+                if config.repulsion_weight and epoch >= config.repulsion_from_epoch:
+                    loss = loss + config.repulsion_weight * repulsion_loss(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            clamp_positions(model)
+            seen += labels.numel()
+            loss_sum += loss.item() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        val_loss, val_acc, confusion = evaluate_accuracy(model, val_loader, device, SynthClick.num_classes, amp)
+        log["epochs"].append({
+            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "val_loss": val_loss, "val_acc": val_acc, "val_confusion": confusion.tolist(),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+        })
+        positions[f"epoch {epoch + 1}"] = position_snapshot(model)
+        if progress:
+            tqdm.write(f"{config.family}-{config.variant} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
+                       f"val acc {val_acc:.3f}")
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "log": log, "positions": positions}, checkpoint)
+            _atomic_json(log, out / "log.json")
+    model.eval()
+    return TrainRun(model, config, log, out)
+
+
+def load_run(out_dir: os.PathLike, device=None) -> TrainRun:
+    """A finished (or interrupted) run from its checkpoint, without training."""
+    device = _resolve_device(device)
+    checkpoint = Path(out_dir) / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"no training checkpoint in {out_dir}")
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    config = TrainConfig(**state["config"])
+    model = _build(config, device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return TrainRun(model, config, state["log"], Path(out_dir))
+
+
+def load_positions(out_dir: os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """The positions of every stage at the start and after each epoch of a saved run."""
+    return torch.load(Path(out_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)["positions"]
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dcls_lib.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(SMALL_FAMILIES), default="convnext")
+    parser.add_argument("--variant", choices=VARIANTS, default="dcls")
+    parser.add_argument("--profile", choices=sorted(PROFILE_SETTINGS), default=None,
+                        help="sizes and lengths (default: DCLS_PROFILE, else gpu with CUDA, else cpu)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoint, log.json; resumed when it exists")
+    parser.add_argument("--device", default="auto")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("family", "variant", "profile"):
+            continue
+        kind = {"bool": None, "int": int, "float": float, "str": str}.get(
+            field.type.replace("Optional[", "").rstrip("]") if isinstance(field.type, str) else "str", str)
+        flag = "--" + field.name.replace("_", "-")
+        if kind is None:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TrainRun:
+    args = build_parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name != "profile" and getattr(args, f.name, None) is not None}
+    config = profile_config(args.profile, **overrides)
+    run = train(config, args.out, device=args.device)
+    final = run.final
+    print(f"{config.family}-{config.variant}: val accuracy {final['val_acc']:.3f} after {final['epoch']} epochs; "
+          f"log in {Path(args.out) / 'log.json'}")
+    return run
+
+
+if __name__ == "__main__":
+    main()

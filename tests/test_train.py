@@ -1,0 +1,171 @@
+"""Training: the DCLS recipe's pieces, resumable runs, the command line."""
+
+import json
+
+import pytest
+import torch
+
+import dcls_lib.train as training
+from dcls_lib.layers import position_limits
+from dcls_lib.models.small import SMALL_FAMILIES, VARIANTS, create_small_model
+from dcls_lib.train import (
+    TrainConfig,
+    dcls_param_groups,
+    load_positions,
+    load_run,
+    position_parameters,
+    profile_config,
+    repulsion_loss,
+    sigma_value,
+    train,
+    warmup_cosine,
+)
+
+
+@pytest.fixture(scope="module")
+def dcls_convnext():
+    torch.manual_seed(0)
+    return create_small_model("convnext", "dcls", width=8)
+
+
+def test_param_groups_follow_the_published_recipe(dcls_convnext):
+    groups = {g["name"]: g for g in dcls_param_groups(dcls_convnext, lr=1e-3, weight_decay=0.05)}
+    positions = {id(p) for p in position_parameters(dcls_convnext).values()}
+    assert {id(p) for p in groups["positions"]["params"]} == positions
+    assert groups["positions"]["lr"] == pytest.approx(5e-3) and groups["positions"]["weight_decay"] == 0
+    assert all(p.dim() <= 1 for p in groups["no_decay"]["params"]) and groups["no_decay"]["weight_decay"] == 0
+    assert groups["decay"]["weight_decay"] == 0.05
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted({id(p) for p in dcls_convnext.parameters()}), "every parameter exactly once"
+
+
+def test_scheduled_sigma_is_left_out_of_the_optimiser():
+    model = create_small_model("convnext", "dcls", width=8, version="gauss")
+    sigmas = {id(p) for n, p in position_parameters(model).items() if n.endswith(".SIG")}
+    assert sigmas
+    groups = dcls_param_groups(model, 1e-3, 0.05, learn_sigma=False)
+    assert not sigmas & {id(p) for g in groups for p in g["params"]}
+
+
+def test_positions_are_shared_per_stage_and_clamped_after_each_step():
+    config = profile_config("smoke", family="convnext", variant="dcls", lr=50.0, warmup_steps=1, epochs=1)
+    run = train(config, progress=False)
+    names = list(position_parameters(run.model))
+    assert len(names) == 4, f"one P per stage of the 4-stage model, got {names}"
+    for layer in training.dcls_layers(run.model):
+        for d, size in enumerate(layer.dilated_kernel_size):
+            lo, hi = position_limits(size)
+            assert layer.P[d].min() >= lo and layer.P[d].max() <= hi
+
+
+def test_repulsion_loss_pushes_coinciding_taps_apart():
+    model = create_small_model("convnext", "dcls", width=8)
+    positions = [p for n, p in position_parameters(model).items() if n.endswith(".P")]
+    with torch.no_grad():
+        for P in positions:  # taps on a grid of spacing 2: no pair closer than 1
+            taps = torch.arange(P.shape[-1])
+            P[0] = (2 * (taps // 6) - 5).float()
+            P[1] = (2 * (taps % 6) - 5).float()
+    P = positions[0]
+    assert repulsion_loss(model) == 0
+    with torch.no_grad():
+        P[:, :, :, 1] = P[:, :, :, 0] + 0.1  # two taps almost on top of each other
+    loss = repulsion_loss(model)
+    assert loss > 0
+    loss.backward()
+    push = P.grad[:, :, :, 1] - P.grad[:, :, :, 0]  # descent moves tap 1 by -grad: away from tap 0
+    assert (push < 0).all()
+
+
+def test_sigma_schedule_decays_over_the_first_quarter():
+    config = profile_config("smoke", epochs=8, dilated_kernel_size=17, sigma="schedule", version="gauss")
+    values = [sigma_value(config, e) for e in range(8)]
+    assert values[0] == 8 and values[1] < values[0] and values[2:] == [0.23] * 6
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == 1.0
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_FAMILIES))
+def test_every_small_family_member_builds_in_every_variant(family):
+    counts = {}
+    for variant in VARIANTS:
+        model = create_small_model(family, variant, width=8)
+        counts[variant] = sum(p.numel() for p in model.parameters())
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 12)
+    assert counts["dilated"] == counts["baseline"]
+    assert bool(training.dcls_layers(create_small_model(family, "dcls", width=8)))
+
+
+def test_bad_configurations_name_the_field():
+    with pytest.raises(ValueError, match="family"):
+        TrainConfig(family="vgg")
+    with pytest.raises(ValueError, match="variant"):
+        TrainConfig(variant="deformable")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="profile"):
+        profile_config("laptop")
+
+
+def test_a_run_resumes_after_an_interruption_and_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    config = profile_config("smoke", family="convnext", variant="dcls", epochs=2)
+    whole = train(config, tmp_path / "whole", progress=False)
+
+    real = training.evaluate_accuracy
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the second epoch never gets saved
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_accuracy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", progress=False)
+    assert [e["epoch"] for e in json.loads((tmp_path / "cut" / "log.json").read_text())["epochs"]] == [1]
+    monkeypatch.setattr(training, "evaluate_accuracy", real)
+    resumed = train(config, tmp_path / "cut", progress=False)
+
+    assert [e["epoch"] for e in resumed.log["epochs"]] == [1, 2]
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    assert not list((tmp_path / "cut").glob("*.tmp")), "no half-written file is left behind"
+
+    before = (tmp_path / "cut" / "checkpoint.pt").stat().st_mtime_ns
+    again = train(config, tmp_path / "cut", progress=False)  # finished: loaded, not retrained
+    assert (tmp_path / "cut" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert again.log == resumed.log
+    loaded = load_run(tmp_path / "cut")
+    assert loaded.config == config and loaded.log == resumed.log
+    positions = load_positions(tmp_path / "cut")
+    assert list(positions) == ["init", "epoch 1", "epoch 2"]
+    moved = [not torch.equal(positions["init"][n], positions["epoch 2"][n]) for n in positions["init"]]
+    assert any(moved), "training moves the positions"
+
+
+def test_a_folder_of_another_configuration_is_refused(tmp_path):
+    train(profile_config("smoke", family="convnext", variant="baseline", epochs=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(profile_config("smoke", family="convnext", variant="baseline", epochs=1, lr=0.1), tmp_path, progress=False)
+
+
+def test_training_learns_the_training_images():
+    """Memorising a few images is the least a working loop does: training loss falls epoch by epoch."""
+    config = profile_config("smoke", family="resnet", variant="baseline", train_size=32, epochs=8, batch_size=16,
+                            lr=3e-3)
+    losses = [e["train_loss"] for e in train(config, progress=False).log["epochs"]]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_command_line(tmp_path, capsys):
+    run = training.main(["--family", "convnext", "--variant", "dilated", "--profile", "smoke", "--epochs", "1",
+                         "--out", str(tmp_path)])
+    assert run.config.variant == "dilated" and run.config.epochs == 1
+    assert "val accuracy" in capsys.readouterr().out
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert log["config"]["variant"] == "dilated" and log["run"]["profile"] == "smoke"
