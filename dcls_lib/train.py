@@ -23,7 +23,8 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -68,7 +69,7 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = 0
     amp: bool = False
-    num_workers: int = 0
+    num_workers: int = 0  # processes that generate the SynthClick images
 
     def __post_init__(self) -> None:
         if self.family not in SMALL_FAMILIES:
@@ -91,8 +92,7 @@ class TrainConfig:
 # gpu: full size on one GPU.
 PROFILE_SETTINGS = {
     "smoke": dict(width=8, image_size=64, train_size=96, val_size=48, epochs=2, batch_size=32, warmup_steps=2),
-    "cpu": dict(width=24, image_size=64, train_size=24000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100,
-                num_workers=1),
+    "cpu": dict(width=16, image_size=64, train_size=20000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100),
     "gpu": dict(width=48, image_size=128, train_size=96000, val_size=4800, epochs=30, batch_size=256,
                 warmup_steps=500, lr=3e-3, amp=True, num_workers=8),
 }
@@ -218,21 +218,44 @@ def _autocast(config: TrainConfig, device: torch.device):
     return nullcontext()
 
 
+@lru_cache(maxsize=4)
+def synthclick_tensors(split: str, image_size: int, seed: int, size: int, workers: int = 0):
+    """A SynthClick split as uint8 images (N, 3, H, W) and labels, generated once per process.
+
+    The images are exact in 8 bits, so every run of a study trains on the same pixels without
+    generating them again."""
+    dataset = SynthClick(split, image_size=image_size, seed=seed, size=size)
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers)
+    images, labels = [], []
+    for x, y, _ in tqdm(loader, desc=f"generating SynthClick {split} ({size} images, {image_size} px)", leave=False):
+        images.append((x * 255).round().to(torch.uint8))
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+def _batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device, order=None):
+    """Float images in [0, 1] and labels on ``device``, in ``order`` (default: as stored)."""
+    order = torch.arange(len(labels)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield images[idx].to(device, non_blocking=True).float().div_(255), labels[idx].to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, amp=None):
-    """Mean loss, accuracy and the confusion matrix (rows: true class) over ``loader``."""
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                      batch_size: int = 256, amp=None):
+    """Mean loss, accuracy and the confusion matrix (rows: true class) of ``model`` on uint8 ``images``."""
     model.eval()
+    num_classes = SynthClick.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    total_loss, count = 0.0, 0
-    for images, labels, _ in loader:
-        images, labels = images.to(device), labels.to(device)
+    total_loss = 0.0
+    for x, y in _batches(images, labels, batch_size, device):
         with amp or nullcontext():
-            logits = model(_normalize(images)).float()
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        count += labels.numel()
-        pairs = labels.cpu() * num_classes + logits.argmax(1).cpu()
+            logits = model(_normalize(x)).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        pairs = y.cpu() * num_classes + logits.argmax(1).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
-    return total_loss / count, (confusion.diag().sum() / count).item(), confusion
+    return total_loss / len(labels), (confusion.diag().sum() / len(labels)).item(), confusion
 
 
 def position_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -297,25 +320,25 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         log, positions, start = state["log"], state["positions"], state["epoch"] + 1
 
-    train_set = SynthClick("train", image_size=config.image_size, seed=config.data_seed, size=config.train_size)
-    val_set = SynthClick("val", image_size=config.image_size, seed=config.data_seed, size=config.val_size)
-    val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=config.num_workers)
+    images, labels = synthclick_tensors("train", config.image_size, config.data_seed, config.train_size,
+                                        config.num_workers)
+    val_images, val_labels = synthclick_tensors("val", config.image_size, config.data_seed, config.val_size,
+                                                config.num_workers)
     amp = _autocast(config, device)
     for epoch in range(start, config.epochs):
         if not learn_sigma:
             _set_sigma(model, sigma_value(config, epoch))
         shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            generator=shuffle, num_workers=config.num_workers)
+        order = torch.randperm(len(labels), generator=shuffle)[: steps_per_epoch * config.batch_size]
         model.train()
         started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(loader, desc=f"{config.family}-{config.variant} epoch {epoch + 1}/{config.epochs}",
+        bar = tqdm(_batches(images, labels, config.batch_size, device, order), total=steps_per_epoch,
+                   desc=f"{config.family}-{config.variant} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
-        for images, labels, _ in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        for x, y in bar:
             with amp:
-                logits = model(_normalize(images))
-                loss = F.cross_entropy(logits.float(), labels)
+                logits = model(_normalize(x))
+                loss = F.cross_entropy(logits.float(), y)
                 if config.repulsion_weight and epoch >= config.repulsion_from_epoch:
                     loss = loss + config.repulsion_weight * repulsion_loss(model)
             optimizer.zero_grad(set_to_none=True)
@@ -323,11 +346,11 @@ def train(
             optimizer.step()
             scheduler.step()
             clamp_positions(model)
-            seen += labels.numel()
-            loss_sum += loss.item() * labels.numel()
-            correct += (logits.argmax(1) == labels).sum().item()
+            seen += y.numel()
+            loss_sum += loss.item() * y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        val_loss, val_acc, confusion = evaluate_accuracy(model, val_loader, device, SynthClick.num_classes, amp)
+        val_loss, val_acc, confusion = evaluate_accuracy(model, val_images, val_labels, device, amp=amp)
         log["epochs"].append({
             "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "val_loss": val_loss, "val_acc": val_acc, "val_confusion": confusion.tolist(),
