@@ -397,3 +397,15 @@ def test_show_examples_draws_a_grid():
     with pytest.raises(ValueError, match="too few"):
         sc.show_examples(ds, n_per_class=4)
     matplotlib.pyplot.close("all")
+
+
+def test_factor_accuracy_splits_a_confusion_matrix_into_span_and_relation():
+    from dcls_lib.data.synthclick import factor_accuracy
+
+    confusion = np.zeros((12, 12), dtype=int)
+    for label in range(12):
+        confusion[label, (label // 4) * 4] = 10  # span always right, relation always "different"
+    result = factor_accuracy(confusion)
+    assert result["span"] == 1.0 and result["relation"] == 0.25
+    with pytest.raises(ValueError, match="12x12"):
+        factor_accuracy(np.zeros((3, 3)))

@@ -683,6 +683,22 @@ def channel_stats(dataset: SynthClick, count: int = 1200) -> tuple[tuple[float, 
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
+def factor_accuracy(confusion) -> dict[str, float]:
+    """Accuracy on each of the two factors that make a class, from a (12, 12) confusion matrix
+    (rows: true class): how far apart the marked parts are ("span") and what they share ("relation").
+    Chance is 1/3 and 1/4."""
+    confusion = np.asarray(confusion)
+    if confusion.shape != (len(CLASSES), len(CLASSES)):
+        raise ValueError(f"confusion must be {len(CLASSES)}x{len(CLASSES)}, got {confusion.shape}")
+    labels = np.arange(len(CLASSES))
+    span, relation = labels // len(RELATIONS), labels % len(RELATIONS)
+    total = confusion.sum()
+    return {
+        "span": float(confusion[span[:, None] == span[None, :]].sum() / total),
+        "relation": float(confusion[relation[:, None] == relation[None, :]].sum() / total),
+    }
+
+
 def show_examples(dataset: SynthClick, n_per_class: int = 2, classes=None, overlay: bool = True, start: int = 0):
     """A matplotlib figure: ``n_per_class`` images of each class (rows), each with its human map
     overlaid as contours (``overlay=True``) or shown beside it.  Returns the figure."""
