@@ -208,8 +208,8 @@ def test_token_layer_without_reshape_transform_is_refused():
         StudyCAM(model, model.target)(torch.randn(1, 3, 32, 32), torch.tensor([0]))
 
 
-@pytest.mark.parametrize("name, layer", [("resnet18", "layer4"), ("convnext_atto", "stages.3")])
-def test_timm_models_both_paths_agree(name, layer):
+@pytest.mark.parametrize("name, layer, bf16", [("resnet18", "layer4", True), ("convnext_atto", "stages.3", False)])
+def test_timm_models_both_paths_agree(name, layer, bf16):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=7).eval()
     target = model.get_submodule(layer)
@@ -219,6 +219,8 @@ def test_timm_models_both_paths_agree(name, layer):
         reference = cam(x, targets(labels))
     fast = StudyCAM(model, target)(x, labels).numpy()
     np.testing.assert_allclose(fast, reference, atol=1e-5)
+    if not bf16:  # bfloat16 on CPU is slow without AMX: one model is enough
+        return
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = StudyCAM(model, target)(x, labels)
     assert mixed.dtype == torch.float32

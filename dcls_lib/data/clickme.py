@@ -156,11 +156,12 @@ def _decode_jpeg(data, mode: str, shape: tuple, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as picture:
             picture.load()
-            array = np.array(picture.convert(mode) if picture.mode != mode else picture)
+            found = picture.mode
+            array = np.array(picture)
     except Exception as error:
         raise TFRecordError(f"{where}: cannot decode the JPEG ({error})") from error
-    if array.shape != shape:
-        raise TFRecordError(f"{where}: expected shape {shape}, got {array.shape}")
+    if found != mode or array.shape != shape:
+        raise TFRecordError(f"{where}: expected a {mode} JPEG of shape {shape}, got {found} {array.shape}")
     return array
 
 
