@@ -265,6 +265,8 @@ def evaluate_alignment(
     - ``limit``: evaluate only the first ``limit`` items of the dataset.
     - ``num_workers``: DataLoader workers; default 0 on CPU (the model uses the cores), up to 8 on CUDA.
 
+    On CUDA it sets ``torch.backends.cudnn.benchmark`` (all batches but the last have one shape).
+
     Returns the summary of every image in the results file, also written next to it as
     ``<results>.summary.json``.
     """
@@ -295,10 +297,10 @@ def evaluate_alignment(
     results = ResultsFile(results_path, settings) if results_path is not None else None
     done = set(results.images) if results else set()
     todo = [i for i in range(count) if ids[i] not in done]
-    session = {"type": "session", **run_info(device), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-               "batch_size": batch_size, "images_to_do": len(todo)}
     if results is not None and todo:
-        results.append([session])
+        started_at = datetime.datetime.now().isoformat(timespec="seconds")
+        results.append([{"type": "session", **run_info(device), "started": started_at,
+                         "batch_size": batch_size, "images_to_do": len(todo)}])
 
     model = model.to(device)
     if device.type == "cuda":
@@ -311,6 +313,8 @@ def evaluate_alignment(
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     evaluated: list[dict] = []
+    running = [e["spearman"] for e in results.images.values()] if results is not None else []
+    running_sum, running_count = sum(r for r in running if r is not None), len(running)
     started = time.perf_counter()
     with tqdm(total=count, initial=count - len(todo), unit="img", desc=f"{explainer}", disable=not progress) as bar:
         for indices, images, labels, human in loader:
@@ -334,6 +338,9 @@ def evaluate_alignment(
                 results.append(entries)
             else:
                 evaluated.extend(entries)
+            running_sum += sum(e["spearman"] for e in entries if e["spearman"] is not None)
+            running_count += len(entries)
+            bar.set_postfix(alignment=f"{running_sum / running_count / HUMAN_CEILING:.4f}", refresh=False)
             bar.update(len(entries))
     seconds = time.perf_counter() - started
 
