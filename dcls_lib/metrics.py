@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,9 +28,13 @@ HUMAN_CEILING = 0.65753
 CONSTANT_POLICIES = ("zero", "skip")
 
 
-def _flatten_maps(x: Tensor, name: str) -> Tensor:
+def _flatten_maps(x, name: str, device=None) -> Tensor:
+    """(B, ...) maps as a (B, N) tensor; numpy arrays (pytorch-grad-cam's output) are taken too."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        try:
+            x = torch.as_tensor(np.asarray(x), device=device)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a tensor or an array of maps, got {type(x).__name__}") from error
     if x.dim() < 2:
         raise ValueError(f"{name} must be batched, (B, H, W) or (B, N), got shape {tuple(x.shape)}")
     if x.is_complex():
@@ -70,10 +75,12 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman correlation of each pair of maps over all their pixels: (B, ...) x (B, ...) -> (B,) float64.
 
     Equal to ``scipy.stats.spearmanr(a[i].ravel(), b[i].ravel())`` (average ranks for ties), computed
-    in float64 on the inputs' device.  A pair where either map is constant gives NaN, as scipy does;
-    :func:`alignment_score` decides what such an image counts for.
+    in float64 on the inputs' device (a numpy array joins the other argument's device).  A pair
+    where either map is constant gives NaN, as scipy does; :func:`alignment_score` decides what
+    such an image counts for.
     """
-    fa, fb = _flatten_maps(a, "a"), _flatten_maps(b, "b")
+    device = next((x.device for x in (a, b) if isinstance(x, Tensor)), None)
+    fa, fb = _flatten_maps(a, "a", device), _flatten_maps(b, "b", device)
     if fa.shape != fb.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if fa.device != fb.device:

@@ -156,6 +156,16 @@ def test_limit_gradcam_and_memory_only(clickme):
     assert summary.settings["threshold"] is None and summary.settings["explainer"] == "gradcam"
 
 
+def test_loader_workers_give_the_same_results(clickme, tmp_path):
+    alone = run(clickme, tmp_path / "a.jsonl", limit=4)
+    workers = run(clickme, tmp_path / "b.jsonl", limit=4, num_workers=2)  # as on CUDA, where workers are the default
+    # workers run torch on one thread: float sums may round differently (the blur), by ~1e-7
+    np.testing.assert_allclose(
+        [e["spearman"] for e in image_lines(tmp_path / "b.jsonl")], [e["spearman"] for e in image_lines(tmp_path / "a.jsonl")], atol=1e-6
+    )
+    assert workers.alignment == pytest.approx(alone.alignment, abs=1e-6)
+
+
 def test_mixed_precision_on_cpu_is_close_to_float32(clickme):
     full = run(clickme, limit=6)
     mixed = run(clickme, limit=6, amp=True)

@@ -72,6 +72,13 @@ def test_constant_maps_give_nan_like_scipy():
     assert is_constant(a).tolist() == [False, True, False]
 
 
+def test_numpy_maps_are_accepted():
+    a, b = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    torch.testing.assert_close(spearman(a, torch.from_numpy(b)), spearman(torch.from_numpy(a), torch.from_numpy(b)))
+    with pytest.raises(TypeError, match="tensor or an array"):
+        spearman("maps", b)
+
+
 def test_spearman_rejects_bad_input():
     a = torch.rand(2, 5, 5)
     with pytest.raises(ValueError, match="same shape"):
