@@ -135,6 +135,11 @@ class _StudyBaseCAM(BaseCAM):
         if hasattr(self, "activations_and_grads"):  # not when the constructor refused its arguments
             super().__del__()
 
+    def __exit__(self, exc_type, exc_value, exc_tb) -> bool:
+        """Release the hooks; unlike BaseCAM, let every exception through (it swallows IndexError)."""
+        self.activations_and_grads.release()
+        return False
+
     def forward(self, input_tensor: Tensor, targets, eigen_smooth: bool = False) -> np.ndarray:
         if eigen_smooth:
             raise ValueError("eigen_smooth is not part of the study's definition of this map")
@@ -151,11 +156,10 @@ class _StudyBaseCAM(BaseCAM):
         store = self.activations_and_grads
         if len(store.gradients) != len(self.target_layers):
             raise RuntimeError("no gradient reached a target layer: does the model's output depend on it?")
-        maps = [
+        return [
             explain(self.explainer, a, g, size, self.threshold).cpu().numpy()[:, None]
             for a, g in zip(store.activations, store.gradients)
         ]
-        return maps
 
     def aggregate_multi_layers(self, cam_per_target_layer: list) -> np.ndarray:
         return np.mean(np.concatenate(cam_per_target_layer, axis=1), axis=1).astype(np.float32)

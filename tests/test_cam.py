@@ -148,6 +148,10 @@ def test_misuse_gives_clear_errors():
             cam(x, targets([0]))  # pytorch-grad-cam would silently return a zero map for image 2
         with torch.no_grad(), pytest.raises(RuntimeError, match="no_grad"):
             cam(x, targets([0, 1]))
+    with pytest.raises(IndexError):  # pytorch-grad-cam's own context manager swallows IndexError
+        with ThresholdGradCAM(model, [model.target]) as cam:
+            cam(x, targets([0, 1]))[2]
+    assert not model.target._forward_hooks
     with pytest.raises(ValueError, match="labels must be in"):
         StudyCAM(model, model.target)(x, torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="not a submodule"):
