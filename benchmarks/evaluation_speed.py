@@ -77,7 +77,8 @@ def seed_like_alignment(model, layer, dataset, device, workers) -> float:
     scores = []
     try:
         for images, labels, humans in DataLoader(dataset, batch_size=4, num_workers=workers):
-            batch = torch.stack([transform(Image.fromarray(x)) for x in images.permute(0, 2, 3, 1).numpy().astype(np.uint8)])
+            pixels = (images.permute(0, 2, 3, 1).numpy() * 255).clip(0, 255).astype(np.uint8)  # the study cast to uint8
+            batch = torch.stack([transform(Image.fromarray(x)) for x in pixels])
             batch = batch.to(device)
             one_hot = torch.nn.functional.one_hot(labels, 1000).float().to(device)
             model.zero_grad(set_to_none=True)

@@ -6,8 +6,9 @@ streams one result per image to a JSON-lines file as it goes.  Run it again with
 it carries on where it stopped: images already in the file are skipped, none is counted twice.
 
 The dataset interface.  A map-style dataset whose items are ``(image, label, human_map)``:
-``image`` a float tensor (3, H, W) with pixel values 0..255 (as :class:`~dcls_lib.data.ClickMe`
-gives them), ``label`` the class whose logit is explained, ``human_map`` (H', W') float.  The
+``image`` a float tensor (3, H, W) with values in [0, 1] (as :class:`~dcls_lib.data.ClickMe` and
+``SynthClick`` give them), ``label`` the class whose logit is explained, ``human_map`` (H', W')
+float.  The
 optional attribute ``image_ids`` (a sequence of unique strings) names the images in the results
 file; without it the index is the name.  ``preprocess`` turns a batch of such images, already on
 the device, into the model's input (for ImageNet models: ``PixelNormalize()``); with
@@ -46,14 +47,14 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PixelNormalize(nn.Module):
-    """Batched model input from 0..255 pixels: ``(x / 255 - mean) / std`` per channel, on the images' device."""
+    """Batched model input from [0, 1] images: ``(x - mean) / std`` per channel, on the images' device."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         if len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "PixelNormalize":
@@ -365,7 +366,7 @@ def load_model(name: str, checkpoint: Optional[str], image_size: int):
     The one function that knows ``dcls_lib.models``: ``timm.create_model(name)`` (``import
     dcls_lib.models`` registers the ``*_dcls`` names), ``load_checkpoint(model, path_or_url)``,
     ``cam_target(model) -> (layer, reshape_transform)`` and ``input_transform(model, image_size)``,
-    which must map a batch of 0..255 images on the device to the model's input.  ``checkpoint=None``
+    which must map a batch of [0, 1] images on the device to the model's input.  ``checkpoint=None``
     leaves the weights random (smoke runs only).
     """
     import timm
@@ -379,8 +380,13 @@ def load_model(name: str, checkpoint: Optional[str], image_size: int):
     return model, target.layer, target.reshape_transform, models.input_transform(model, image_size=image_size)
 
 
-def open_dataset(spec: str, cache: Optional[str] = None, progress: bool = True) -> tuple[Dataset, str]:
-    """The dataset named on the command line, and its name for the results: clickme, clickme:DIR, synthclick[:ARG]."""
+def open_dataset(spec: str, cache: Optional[str] = None, image_size: int = 224, progress: bool = True) -> tuple[Dataset, str]:
+    """The dataset named on the command line and its name for the results.
+
+    ``clickme`` (the validation set, downloaded to ``cache`` if missing), ``clickme:DIR`` (local
+    shards, offline) or ``synthclick[:SPLIT]`` (the generated benchmark, test split by default,
+    drawn at ``image_size``).
+    """
     kind, _, argument = spec.partition(":")
     if kind == "clickme":
         from .data.clickme import ClickMe, clickme_val
@@ -393,8 +399,9 @@ def open_dataset(spec: str, cache: Optional[str] = None, progress: bool = True) 
             from .data.synthclick import SynthClick
         except ImportError as error:
             raise ValueError("--data synthclick needs dcls_lib.data.synthclick, which this installation lacks") from error
-        return (SynthClick(argument) if argument else SynthClick()), spec
-    raise ValueError(f"--data must be clickme, clickme:DIR or synthclick[:ARG], got {spec!r}")
+        split = argument or "test"
+        return SynthClick(split=split, image_size=image_size), f"synthclick:{split}:{image_size}px"
+    raise ValueError(f"--data must be clickme, clickme:DIR or synthclick[:SPLIT], got {spec!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init", action="store_true", help="no checkpoint: random weights (smoke tests only)")
     parser.add_argument("--explainer", choices=EXPLAINERS, default="threshold-gradcam")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="Threshold-Grad-CAM floor (default 0.3)")
-    parser.add_argument("--data", default="clickme", help="clickme (download the validation set), clickme:DIR (local shards), synthclick[:ARG]")
+    parser.add_argument("--data", default="clickme", help="clickme (download the validation set), clickme:DIR (local shards), synthclick[:SPLIT]")
     parser.add_argument("--cache-dir", help="where clickme is downloaded (default $DCLS_CACHE or ~/.cache/dcls_lib)")
     parser.add_argument("--results", help="JSON-lines results file, resumed if it exists (default runs/alignment/<model>_<explainer>_<data>.jsonl)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -426,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> AlignmentSummary:
     args = build_parser().parse_args(argv)
     if (args.checkpoint is None) == (not args.random_init):
         raise SystemExit("give either --checkpoint PATH_OR_URL or --random-init (random weights, for smoke runs)")
-    dataset, data_name = open_dataset(args.data, args.cache_dir, progress=not args.no_progress)
+    dataset, data_name = open_dataset(args.data, args.cache_dir, args.image_size, progress=not args.no_progress)
     model, layer, reshape_transform, preprocess = load_model(args.model, args.checkpoint, args.image_size)
     results = args.results or Path("runs", "alignment", f"{args.model}_{args.explainer}_{args.data.partition(':')[0]}.jsonl")
     summary = evaluate_alignment(

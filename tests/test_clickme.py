@@ -91,7 +91,7 @@ def test_shards_written_by_the_tfrecord_package_read_back(tmp_path):
     image, label, human = dataset[2]
     assert image.shape == (3, 224, 224) and image.dtype == torch.float32
     assert human.shape == (224, 224) and human.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 255 and image.max() > 1  # pixel values, not 0..1
+    assert 0 <= image.min() and image.max() <= 1 and image.max() > 0.5  # [0, 1], as ToTensor gives
     assert label == data[2][2]
 
 
@@ -219,7 +219,7 @@ def test_preprocessing_shapes_and_pipeline():
     np.testing.assert_allclose(human.numpy(), expected, atol=1e-2)
     pixels = preprocess_image(image)
     assert pixels.shape == (3, 224, 224)
-    np.testing.assert_allclose(pixels[1].numpy(), tf_bilinear(image[..., 1].astype(np.float64), 224), atol=1e-2)
+    np.testing.assert_allclose(pixels[1].numpy() * 255, tf_bilinear(image[..., 1].astype(np.float64), 224), atol=1e-2)
 
 
 # --- files and downloads ------------------------------------------------------------------------------

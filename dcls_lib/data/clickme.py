@@ -5,7 +5,9 @@ Each record is a ``tf.train.Example`` with ``image`` (JPEG, 256x256x3), ``heatma
 ``(image, label, human_map)`` after the published preprocessing (Harmonization's
 ``parse_clickme_prototype``):
 
-- image: bilinear resize 256 -> 224, float32 values 0..255, (3, 224, 224);
+- image: bilinear resize 256 -> 224, (3, 224, 224) float32, divided by 255 to [0, 1] (the
+  published pipeline keeps 0..255; the study's code then cast to uint8 and used torchvision's
+  ``ToTensor``, which divides by 255 too);
 - human map: bilinear resize to 64x64, Gaussian blur (10x10 kernel, sigma 10, normalised to sum
   1, TensorFlow ``SAME`` zero padding), bilinear resize to 224x224, float32 (224, 224).
 
@@ -96,9 +98,9 @@ def resize_bilinear(x: Tensor, size: int) -> Tensor:
 
 
 def preprocess_image(image: Union[np.ndarray, Tensor]) -> Tensor:
-    """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 with values 0..255."""
+    """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 in [0, 1]."""
     x = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None]
-    return resize_bilinear(x, IMAGE_SIZE)[0]
+    return resize_bilinear(x, IMAGE_SIZE)[0] / 255
 
 
 def preprocess_human_map(heatmap: Union[np.ndarray, Tensor]) -> Tensor:
