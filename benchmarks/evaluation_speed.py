@@ -24,6 +24,7 @@ Run: python benchmarks/evaluation_speed.py [--model resnet18] [--images 64] [--r
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -143,6 +144,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = timm.create_model(args.model, num_classes=1000).to(device).eval()
     layer = model.get_submodule(layer_name)
+    ours_model = copy.deepcopy(model)  # ours stores its model channels-last; the baseline keeps the default layout
+    ours_layer = ours_model.get_submodule(layer_name)
     with tempfile.TemporaryDirectory() as folder:
         dataset = synthetic_shards(Path(folder), args.images)
         preloaded = InMemory(dataset)
@@ -150,7 +153,7 @@ def main() -> None:
         def ours(data, name):
             results = Path(folder) / f"{name}-{time.perf_counter_ns()}.jsonl"
             summary = evaluate_alignment(
-                model, layer, data, preprocess=PixelNormalize(), batch_size=args.batch_size, device=device,
+                ours_model, ours_layer, data, preprocess=PixelNormalize(), batch_size=args.batch_size, device=device,
                 amp=args.amp, results_path=results, constant="skip", num_workers=workers, progress=False,
             )
             return summary.alignment

@@ -42,6 +42,16 @@ def _flatten_maps(x, name: str, device=None) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def _sort_keys(x: Tensor) -> Tensor:
+    """Values that sort like ``x`` and tie exactly where it ties: float32 as ordered int32 (a faster sort)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    if x.dtype != torch.float32:
+        return x
+    bits = (x + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0, which compares equal to it
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse the order of their magnitudes
+
+
 def rank_average(x: Tensor) -> Tensor:
     """1-based ranks along the last dimension, ties given the mean of their positions (scipy's "average").
 
@@ -51,7 +61,7 @@ def rank_average(x: Tensor) -> Tensor:
     over values).  Ranks come back in float64, exact for any realistic number of pixels.
     """
     shape, n = x.shape, x.shape[-1]
-    rows = x.reshape(-1, n)
+    rows = _sort_keys(x.reshape(-1, n))
     values, order = torch.sort(rows, dim=-1)
     starts = torch.ones_like(values, dtype=torch.bool)
     starts[:, 1:] = values[:, 1:] != values[:, :-1]
@@ -92,9 +102,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
             bad = torch.isnan(flat).any(dim=1)
             if bad.any():
                 raise ValueError(f"{name} has NaN values in maps {bad.nonzero().flatten().tolist()}")
-    ra, rb = rank_average(fa), rank_average(fb)
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
+    middle = (fa.shape[1] + 1) / 2  # the mean of average ranks, exactly
+    ra, rb = rank_average(fa) - middle, rank_average(fb) - middle
     covariance = (ra * rb).sum(dim=1)
     scale = torch.sqrt((ra * ra).sum(dim=1) * (rb * rb).sum(dim=1))
     undefined = is_constant(fa) | is_constant(fb)

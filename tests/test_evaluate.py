@@ -166,6 +166,12 @@ def test_loader_workers_give_the_same_results(clickme, tmp_path):
     assert workers.alignment == pytest.approx(alone.alignment, abs=1e-6)
 
 
+def test_channels_last_changes_rounding_only(clickme):
+    fast = run(clickme, limit=4)
+    plain = run(clickme, limit=4, channels_last=False)
+    assert fast.alignment == pytest.approx(plain.alignment, abs=1e-5)
+
+
 def test_mixed_precision_on_cpu_is_close_to_float32(clickme):
     full = run(clickme, limit=6)
     mixed = run(clickme, limit=6, amp=True)

@@ -31,8 +31,12 @@ def test_ranks_match_scipy_with_and_without_ties():
         torch.randint(0, 4, (4, 1000), generator=g).float(),
         torch.randint(-3, 3, (2, 3, 50), generator=g),
         torch.tensor([[2.0, 2.0, 2.0]]),
+        # floats are sorted as ordered integers: signs, -0.0 == 0.0, infinities, tiny values
+        torch.tensor([[-2.0, -1.0, -0.0, 0.0, 1e-30, -1e-30, math.inf, -math.inf, 3.5, -3.5, 2.0, -1.0]]),
+        (torch.randn(3, 300, generator=g) * 2).round().to(torch.bfloat16),
+        (torch.randn(3, 300, generator=g) * 2).round().double(),
     ):
-        np.testing.assert_array_equal(rank_average(x).numpy(), scipy.stats.rankdata(x.numpy(), axis=-1))
+        np.testing.assert_array_equal(rank_average(x).numpy(), scipy.stats.rankdata(x.float().numpy(), axis=-1))
 
 
 @pytest.mark.parametrize("kind", ["untied", "tied", "thresholded", "mixed"])
