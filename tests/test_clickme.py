@@ -179,7 +179,7 @@ def tf_same_blur(image, kernel):
 
 
 def test_gaussian_kernel_is_harmonizations():
-    kernel = gaussian_kernel().double().numpy()
+    kernel = gaussian_kernel().astype(np.float64)
     assert kernel.shape == (10, 10)
     xs, ys = np.meshgrid(np.arange(-5, 5), np.arange(4, -6, -1))  # tf.range(-(9)//2, 9//2 + 1), reversed rows
     expected = np.exp(-(xs**2 + ys**2) / 200.0)
@@ -190,32 +190,39 @@ def test_gaussian_kernel_is_harmonizations():
 
 def test_blur_is_tf_same_convolution():
     kernel = gaussian_kernel()
-    impulse = torch.zeros(1, 1, 64, 64)
-    impulse[0, 0, 30, 2] = 1.0  # near the left edge: the zero padding loses mass
-    out = gaussian_blur(impulse)[0, 0]
-    assert out.shape == (64, 64)
+    impulse = np.zeros((64, 64), np.float32)
+    impulse[30, 2] = 1.0  # near the left edge: the zero padding loses mass
+    out = gaussian_blur(impulse)
+    assert out.shape == (64, 64) and out.dtype == np.float32
     # out[r, c] = sum_ij k[i, j] in[r - 4 + i, c - 4 + j]: the impulse lands at k[30 - r + 4, 2 - c + 4]
-    assert out[30, 2] == pytest.approx(kernel[4, 4].item())
-    assert out[26, 0] == pytest.approx(kernel[8, 6].item())
-    assert out[35, 7] == 0 and out[34, 6] == pytest.approx(kernel[0, 0].item())
-    field = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(
-        gaussian_blur(field[None, None])[0, 0].numpy(), tf_same_blur(field.double().numpy(), kernel.double().numpy()), atol=1e-5
+    assert out[30, 2] == pytest.approx(kernel[4, 4])
+    assert out[26, 0] == pytest.approx(kernel[8, 6])
+    assert out[35, 7] == 0 and out[34, 6] == pytest.approx(kernel[0, 0])
+    field = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    np.testing.assert_allclose(gaussian_blur(field), tf_same_blur(field.astype(np.float64), kernel.astype(np.float64)), atol=1e-5)
+    # and as a 2-D convolution in torch, padded TensorFlow's way
+    torch_blur = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(torch.from_numpy(field)[None, None], (4, 5, 4, 5)), torch.from_numpy(kernel)[None, None]
     )
+    np.testing.assert_allclose(gaussian_blur(field), torch_blur[0, 0].numpy(), atol=1e-5)
 
 
 def test_resize_is_tf_bilinear():
-    x = torch.rand(256, 256, generator=torch.Generator().manual_seed(1)) * 255
+    x = np.random.default_rng(1).random((256, 256)).astype(np.float32) * 255
     for size, source in ((64, x), (224, x), (224, x[:64, :64])):
-        ours = resize_bilinear(source[None, None], size)[0, 0].numpy()
+        ours = resize_bilinear(source, size)
+        assert ours.shape == (size, size) and ours.dtype == np.float32
         # positions are computed in float32 (as TensorFlow does): values 0..255 agree to ~1e-5 relative
-        np.testing.assert_allclose(ours, tf_bilinear(source.double().numpy(), size), atol=1e-2)
+        np.testing.assert_allclose(ours, tf_bilinear(source.astype(np.float64), size), atol=1e-2)
+        # torch's half-pixel bilinear without antialiasing is the same rule
+        theirs = torch.nn.functional.interpolate(torch.from_numpy(source)[None, None], size=(size, size), mode="bilinear")
+        np.testing.assert_allclose(ours, theirs[0, 0].numpy(), atol=1e-2)
 
 
 def test_preprocessing_shapes_and_pipeline():
     image, heat, _ = samples(1)[0]
     human = preprocess_human_map(heat)
-    expected = tf_bilinear(tf_same_blur(tf_bilinear(heat.astype(np.float64), 64), gaussian_kernel().double().numpy()), 224)
+    expected = tf_bilinear(tf_same_blur(tf_bilinear(heat.astype(np.float64), 64), gaussian_kernel().astype(np.float64)), 224)
     np.testing.assert_allclose(human.numpy(), expected, atol=1e-2)
     pixels = preprocess_image(image)
     assert pixels.shape == (3, 224, 224)

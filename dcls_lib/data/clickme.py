@@ -11,9 +11,10 @@ Each record is a ``tf.train.Example`` with ``image`` (JPEG, 256x256x3), ``heatma
 - human map: bilinear resize to 64x64, Gaussian blur (10x10 kernel, sigma 10, normalised to sum
   1, TensorFlow ``SAME`` zero padding), bilinear resize to 224x224, float32 (224, 224).
 
-``tf.image.resize(..., method="bilinear")`` samples at half-pixel centres without antialiasing,
-which is ``F.interpolate(mode="bilinear", align_corners=False)``; the Gaussian kernel and the
-asymmetric padding of an even-sized ``SAME`` convolution are reproduced as TensorFlow builds them.
+``tf.image.resize(..., method="bilinear")`` samples at half-pixel centres without antialiasing
+(as ``F.interpolate(mode="bilinear", align_corners=False)`` does); that rule, the Gaussian kernel
+and the asymmetric padding of an even-sized ``SAME`` convolution are reproduced here in numpy,
+as TensorFlow computes them.
 JPEGs are decoded by Pillow (libjpeg), TensorFlow by its own libjpeg-turbo: decoded pixels may
 differ by a grey level here and there.  The model-specific normalisation of the image is left to
 the evaluation (``preprocess``).
@@ -36,7 +37,6 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -63,50 +63,82 @@ def cache_dir() -> Path:
 
 
 # --- preprocessing ------------------------------------------------------------------------------
+#
+# In numpy, one image at a time: torch would run these small operations on its thread pool, whose
+# threads wait for each other when the model's threads keep the cores busy (tens of milliseconds
+# per image instead of one).
 
 
-def gaussian_kernel(size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA) -> Tensor:
-    """The (size, size) blur kernel exactly as Harmonization builds it, normalised to sum 1.
+def _gaussian_axes(size: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column offsets of Harmonization's kernel grid (see :func:`gaussian_kernel`), float64."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    half = (size - 1) // 2
+    columns = np.arange(-(size - 1) // 2, half + 1, dtype=np.float64)
+    rows = np.arange(half, -(size - 1) // 2 - 1, -1, dtype=np.float64)
+    return rows, columns
+
+
+def gaussian_kernel(size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """The (size, size) float32 blur kernel exactly as Harmonization builds it, normalised to sum 1.
 
     Its grid runs over columns ``-(size-1)//2 .. (size-1)//2`` with Python's floor division, and
     over rows from ``(size-1)//2`` down, so for an even size it is off centre: for 10x10 the
     columns are -5..4 and the rows 4..-5, and the peak sits at row 4, column 5.
     """
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
-    half = (size - 1) // 2
-    columns = torch.arange(-(size - 1) // 2, half + 1, dtype=torch.float64)
-    rows = torch.arange(half, -(size - 1) // 2 - 1, -1, dtype=torch.float64)
-    kernel = torch.exp(-(rows[:, None] ** 2 + columns[None, :] ** 2) / (2 * sigma**2))
-    return (kernel / kernel.sum()).float()
+    rows, columns = _gaussian_axes(size, sigma)
+    kernel = np.exp(-(rows[:, None] ** 2 + columns[None, :] ** 2) / (2 * sigma**2))
+    return (kernel / kernel.sum()).astype(np.float32)
 
 
-def gaussian_blur(maps: Tensor, kernel: Optional[Tensor] = None) -> Tensor:
-    """Blur (N, 1, H, W) maps with ``kernel`` like ``tf.nn.conv2d(..., "SAME")``: zero padding, the extra row/column after."""
-    kernel = gaussian_kernel() if kernel is None else kernel
-    kh, kw = kernel.shape
-    top, left = (kh - 1) // 2, (kw - 1) // 2
-    padded = F.pad(maps, (left, kw - 1 - left, top, kh - 1 - top))
-    return F.conv2d(padded, kernel.to(maps)[None, None])
+def gaussian_blur(heatmap: np.ndarray, size: int = BLUR_KERNEL_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """Blur a (H, W) map as ``tf.nn.conv2d(map, gaussian_kernel(), 1, "SAME")``.
+
+    TensorFlow's SAME padding is zeros, with the extra row and column of an even kernel after the
+    map.  The Gaussian is separable, so the 2-D kernel is applied as a column then a row pass.
+    """
+    rows, columns = (np.exp(-(axis**2) / (2 * sigma**2)) for axis in _gaussian_axes(size, sigma))
+    rows, columns = (rows / rows.sum()).astype(np.float32), (columns / columns.sum()).astype(np.float32)
+    before = (size - 1) // 2
+    height, width = heatmap.shape
+    padded = np.pad(heatmap.astype(np.float32), ((before, size - 1 - before), (before, size - 1 - before)))
+    across = sum(weight * padded[:, j : j + width] for j, weight in enumerate(columns))
+    return sum(weight * across[i : i + height] for i, weight in enumerate(rows))
 
 
-def resize_bilinear(x: Tensor, size: int) -> Tensor:
-    """(N, C, H, W) -> (N, C, size, size) as ``tf.image.resize(method="bilinear")``: half-pixel centres, no antialiasing."""
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TensorFlow's half-pixel bilinear sampling of one axis, computed in float32 as it does."""
+    scale = np.float32(in_size / out_size)
+    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    low = np.floor(position)
+    return (
+        np.maximum(low, 0).astype(np.intp),
+        np.minimum(np.ceil(position), in_size - 1).astype(np.intp),
+        (position - low).astype(np.float32),
+    )
 
 
-def preprocess_image(image: Union[np.ndarray, Tensor]) -> Tensor:
+def resize_bilinear(array: np.ndarray, size: int) -> np.ndarray:
+    """(..., H, W) -> (..., size, size) float32 as ``tf.image.resize(method="bilinear")`` (no antialiasing)."""
+    array = np.asarray(array, dtype=np.float32)
+    low, high, weight = _bilinear_taps(array.shape[-1], size)
+    array = array[..., low] + (array[..., high] - array[..., low]) * weight
+    low, high, weight = _bilinear_taps(array.shape[-2], size)
+    top, bottom = array[..., low, :], array[..., high, :]
+    return top + (bottom - top) * weight[:, None]
+
+
+def preprocess_image(image: np.ndarray) -> Tensor:
     """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 in [0, 1]."""
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[None]
-    return resize_bilinear(x, IMAGE_SIZE)[0] / 255
+    channels_first = np.asarray(image).transpose(2, 0, 1)
+    return torch.from_numpy(resize_bilinear(channels_first, IMAGE_SIZE) / np.float32(255))
 
 
-def preprocess_human_map(heatmap: Union[np.ndarray, Tensor]) -> Tensor:
+def preprocess_human_map(heatmap: np.ndarray) -> Tensor:
     """(256, 256) uint8 click map -> (224, 224) float32: resize to 64, blur, resize to 224."""
-    x = torch.as_tensor(np.asarray(heatmap), dtype=torch.float32)[None, None]
-    return resize_bilinear(gaussian_blur(resize_bilinear(x, BLUR_GRID)), IMAGE_SIZE)[0, 0]
+    return torch.from_numpy(resize_bilinear(gaussian_blur(resize_bilinear(heatmap, BLUR_GRID)), IMAGE_SIZE))
 
 
 # --- records --------------------------------------------------------------------------------------
