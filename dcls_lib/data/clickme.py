@@ -12,9 +12,9 @@ Each record is a ``tf.train.Example`` with ``image`` (JPEG, 256x256x3), ``heatma
   1, TensorFlow ``SAME`` zero padding), bilinear resize to 224x224, float32 (224, 224).
 
 ``tf.image.resize(..., method="bilinear")`` samples at half-pixel centres without antialiasing
-(as ``F.interpolate(mode="bilinear", align_corners=False)`` does); that rule, the Gaussian kernel
-and the asymmetric padding of an even-sized ``SAME`` convolution are reproduced here in numpy,
-as TensorFlow computes them.
+(as ``F.interpolate(mode="bilinear", align_corners=False)`` and OpenCV's ``INTER_LINEAR`` do);
+that rule, the Gaussian kernel and the asymmetric padding of an even-sized ``SAME`` convolution
+are reproduced as TensorFlow computes them.
 JPEGs are decoded by Pillow (libjpeg), TensorFlow by its own libjpeg-turbo: decoded pixels may
 differ by a grey level here and there.  The model-specific normalisation of the image is left to
 the evaluation (``preprocess``).
@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -64,9 +65,9 @@ def cache_dir() -> Path:
 
 # --- preprocessing ------------------------------------------------------------------------------
 #
-# In numpy, one image at a time: torch would run these small operations on its thread pool, whose
-# threads wait for each other when the model's threads keep the cores busy (tens of milliseconds
-# per image instead of one).
+# In numpy and OpenCV, one image at a time: torch would run these small operations on its thread
+# pool, whose threads wait for each other when the model's threads keep the cores busy (tens of
+# milliseconds per image instead of one).
 
 
 def _gaussian_axes(size: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,32 +109,19 @@ def gaussian_blur(heatmap: np.ndarray, size: int = BLUR_KERNEL_SIZE, sigma: floa
     return sum(weight * across[i : i + height] for i, weight in enumerate(rows))
 
 
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TensorFlow's half-pixel bilinear sampling of one axis, computed in float32 as it does."""
-    scale = np.float32(in_size / out_size)
-    position = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    low = np.floor(position)
-    return (
-        np.maximum(low, 0).astype(np.intp),
-        np.minimum(np.ceil(position), in_size - 1).astype(np.intp),
-        (position - low).astype(np.float32),
-    )
-
-
 def resize_bilinear(array: np.ndarray, size: int) -> np.ndarray:
-    """(..., H, W) -> (..., size, size) float32 as ``tf.image.resize(method="bilinear")`` (no antialiasing)."""
-    array = np.asarray(array, dtype=np.float32)
-    low, high, weight = _bilinear_taps(array.shape[-1], size)
-    array = array[..., low] + (array[..., high] - array[..., low]) * weight
-    low, high, weight = _bilinear_taps(array.shape[-2], size)
-    top, bottom = array[..., low, :], array[..., high, :]
-    return top + (bottom - top) * weight[:, None]
+    """(H, W) or (H, W, C) -> (size, size[, C]) float32 as ``tf.image.resize(method="bilinear")``.
+
+    OpenCV's ``INTER_LINEAR`` on float32 is the same rule (half-pixel centres, no antialiasing; its
+    exact 2x reductions average pixel pairs, as the rule does) and some 20x faster than numpy here.
+    """
+    return cv2.resize(np.asarray(array, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def preprocess_image(image: np.ndarray) -> Tensor:
     """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 in [0, 1]."""
-    channels_first = np.asarray(image).transpose(2, 0, 1)
-    return torch.from_numpy(resize_bilinear(channels_first, IMAGE_SIZE) / np.float32(255))
+    resized = resize_bilinear(image, IMAGE_SIZE) / np.float32(255)
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
 def preprocess_human_map(heatmap: np.ndarray) -> Tensor:
