@@ -28,6 +28,7 @@ book: env
 bench: env
 	$(BIN)/python benchmarks/layer_memory.py
 	$(BIN)/python benchmarks/layer_speed.py
+	$(BIN)/python benchmarks/evaluation_speed.py
 
 clean:
 	rm -rf $(VENV) book/_build book/_vendor book/node_modules .pytest_cache

@@ -1,0 +1,256 @@
+"""The study's two heatmaps, Grad-CAM and Threshold-Grad-CAM, as the study defines them.
+
+From the activations ``A`` (B, C, h, w) of a target layer and the gradients ``dy_c/dA`` of each
+image's ground-truth logit, with ``alpha_k`` the spatial mean of channel k's gradient:
+
+- **Grad-CAM** (study): ``relu(mean_k alpha_k A_k)``, no normalisation, resized to the input size.
+- **Threshold-Grad-CAM**: ``mean_k relu(alpha_k A_k)`` (the ReLU acts on every weighted channel,
+  *before* the channel mean), min-max normalised per image, every value below ``threshold``
+  (0.3) raised to it, resized to the input size.  A constant map (all zero, say: no channel
+  contributes) normalises to 0 and so comes out as the constant ``threshold``; the study's code
+  divided by zero there and produced NaN.
+
+What "gradcam" means in this library.  pytorch-grad-cam's ``GradCAM`` sums channels instead of
+averaging them and min-max normalises its map (with a 1e-7 guard) before resizing with OpenCV.
+Both differences are positive affine maps of the study's map, and bilinear resizing commutes with
+them, so its maps rank pixels exactly as the study's do and give the same Spearman score (up to
+float rounding); only the values differ.  The library's "gradcam" is the study's definition
+(:func:`gradcam_map`, :class:`StudyGradCAM`): it is what the paper computed, it keeps the raw scale
+(which tells a weak map from a strong one), and it runs on the model's device.  Use
+``pytorch_grad_cam.GradCAM`` itself where its normalised [0, 1] maps are wanted for display.
+
+Two ways to compute them:
+
+- :class:`ThresholdGradCAM` and :class:`StudyGradCAM` are pytorch-grad-cam methods (subclasses of
+  its ``BaseCAM``): same call as ``GradCAM``, ``cam(input_tensor, targets)`` -> (B, H, W) numpy.
+- :class:`StudyCAM` computes either map on the model's device and backpropagates only from the
+  logits to the target layer (pytorch-grad-cam backpropagates through the whole network into every
+  parameter), which is what the evaluation engine uses.  Both give the same maps (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam.base_cam import BaseCAM
+from torch import Tensor, nn
+
+EXPLAINERS = ("gradcam", "threshold-gradcam")
+DEFAULT_THRESHOLD = 0.3
+
+
+def _check_threshold(threshold: float) -> float:
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def _check_layer_tensors(activations: Tensor, gradients: Tensor) -> None:
+    if activations.dim() != 4:
+        raise ValueError(
+            "target-layer activations must be (B, C, H, W); got shape "
+            f"{tuple(activations.shape)} (pass a reshape_transform for token or channels-last layers)"
+        )
+    if gradients.shape != activations.shape:
+        raise ValueError(f"gradients {tuple(gradients.shape)} do not match activations {tuple(activations.shape)}")
+
+
+def resize_maps(maps: Tensor, size: Optional[Sequence[int]]) -> Tensor:
+    """Bilinear resize of (B, h, w) maps to ``size`` as torchvision's ``Resize`` does on tensors."""
+    if size is None or tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Per-map min-max scaling to [0, 1]; a constant map becomes all zeros instead of 0/0."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    flat = span <= 0
+    return torch.where(flat, 0.0, (maps - low) / torch.where(flat, 1.0, span))
+
+
+def gradcam_map(activations: Tensor, gradients: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+    """The study's Grad-CAM: ``relu(mean_k alpha_k A_k)``, unnormalised, resized to ``size``; float32."""
+    _check_layer_tensors(activations, gradients)
+    activations, gradients = activations.float(), gradients.float()
+    alpha = gradients.mean(dim=(2, 3), keepdim=True)
+    return resize_maps(torch.relu((alpha * activations).mean(dim=1)), size)
+
+
+def threshold_gradcam_map(
+    activations: Tensor,
+    gradients: Tensor,
+    size: Optional[Sequence[int]] = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Tensor:
+    """Threshold-Grad-CAM: ``mean_k relu(alpha_k A_k)``, min-max per image, floored at ``threshold``, resized."""
+    threshold = _check_threshold(threshold)
+    _check_layer_tensors(activations, gradients)
+    activations, gradients = activations.float(), gradients.float()
+    alpha = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu(alpha * activations).mean(dim=1)
+    return resize_maps(minmax_normalize(cam).clamp_min(threshold), size)
+
+
+def explain(
+    explainer: str,
+    activations: Tensor,
+    gradients: Tensor,
+    size: Optional[Sequence[int]] = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Tensor:
+    """The map named ``explainer`` ("gradcam" or "threshold-gradcam") from a layer's activations and gradients."""
+    if explainer == "gradcam":
+        return gradcam_map(activations, gradients, size)
+    if explainer == "threshold-gradcam":
+        return threshold_gradcam_map(activations, gradients, size, threshold)
+    raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
+
+
+class _StudyBaseCAM(BaseCAM):
+    """BaseCAM with its per-layer ReLU, min-max and OpenCV resize replaced by one of the study's maps.
+
+    With several target layers the per-layer maps (each already the study's map) are averaged.
+    """
+
+    explainer: str
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module],
+        reshape_transform: Optional[Callable] = None,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        if isinstance(target_layers, nn.Module) or not target_layers:
+            raise ValueError("target_layers must be a non-empty list of modules, as in pytorch-grad-cam")
+        self.threshold = _check_threshold(threshold)
+        super().__init__(model, list(target_layers), reshape_transform)
+
+    def __del__(self):
+        if hasattr(self, "activations_and_grads"):  # not when the constructor refused its arguments
+            super().__del__()
+
+    def __exit__(self, exc_type, exc_value, exc_tb) -> bool:
+        """Release the hooks; unlike BaseCAM, let every exception through (it swallows IndexError)."""
+        self.activations_and_grads.release()
+        return False
+
+    def forward(self, input_tensor: Tensor, targets, eigen_smooth: bool = False) -> np.ndarray:
+        if eigen_smooth:
+            raise ValueError("eigen_smooth is not part of the study's definition of this map")
+        if targets is not None and len(targets) != input_tensor.shape[0]:
+            raise ValueError(
+                f"targets must have one entry per image: got {len(targets)} for a batch of {input_tensor.shape[0]}"
+            )
+        if not torch.is_grad_enabled():
+            raise RuntimeError("Grad-CAM needs gradients: do not call it under torch.no_grad()")
+        return super().forward(input_tensor, targets, eigen_smooth)
+
+    def compute_cam_per_layer(self, input_tensor: Tensor, targets, eigen_smooth: bool) -> list:
+        size = tuple(input_tensor.shape[-2:])
+        store = self.activations_and_grads
+        if len(store.gradients) != len(self.target_layers):
+            raise RuntimeError("no gradient reached a target layer: does the model's output depend on it?")
+        return [
+            explain(self.explainer, a, g, size, self.threshold).cpu().numpy()[:, None]
+            for a, g in zip(store.activations, store.gradients)
+        ]
+
+    def aggregate_multi_layers(self, cam_per_target_layer: list) -> np.ndarray:
+        return np.mean(np.concatenate(cam_per_target_layer, axis=1), axis=1).astype(np.float32)
+
+
+class ThresholdGradCAM(_StudyBaseCAM):
+    """Threshold-Grad-CAM as a pytorch-grad-cam method: ``cam(input_tensor, targets)`` -> (B, H, W) float32.
+
+    ``ThresholdGradCAM(model, target_layers, reshape_transform=None, threshold=0.3)``.  ``targets``
+    needs one entry per image (e.g. ``ClassifierOutputTarget(label)``, the study's target logit).
+    Use it as a context manager so that its hooks are released.
+    """
+
+    explainer = "threshold-gradcam"
+
+
+class StudyGradCAM(_StudyBaseCAM):
+    """The study's plain Grad-CAM (unnormalised ``relu(mean_k alpha_k A_k)``) as a pytorch-grad-cam method."""
+
+    explainer = "gradcam"
+
+    def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module], reshape_transform: Optional[Callable] = None):
+        super().__init__(model, target_layers, reshape_transform)
+
+
+class StudyCAM:
+    """Either of the study's maps for a batch, on the model's device, with backward stopped at the target layer.
+
+    ``StudyCAM(model, target_layer, reshape_transform=None, explainer="threshold-gradcam",
+    threshold=0.3)(images, labels, size=None)`` -> (B, H, W) float32 tensor on the images' device,
+    the map of each image's ``labels`` logit.  The model is put in eval mode.  During a call the parameters are
+    frozen and the target layer's output is swapped for a detached copy that requires gradients, so
+    the forward pass up to the target layer keeps no graph and the backward pass only runs through
+    the head; the gradients at the target layer are the same as a full backward gives.  The
+    parameters' ``requires_grad`` flags are restored afterwards.  ``autocast`` (mixed precision)
+    applies if the caller enables it; maps are computed in float32.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module,
+        reshape_transform: Optional[Callable] = None,
+        explainer: str = "threshold-gradcam",
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        if explainer not in EXPLAINERS:
+            raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
+        if not isinstance(target_layer, nn.Module):
+            raise TypeError(f"target_layer must be one nn.Module, got {type(target_layer).__name__}")
+        if not any(m is target_layer for m in model.modules()):
+            raise ValueError("target_layer is not a submodule of model")
+        self.model = model.eval()
+        self.target_layer = target_layer
+        self.reshape_transform = reshape_transform
+        self.explainer = explainer
+        self.threshold = _check_threshold(threshold)
+        self._activation: Optional[Tensor] = None
+
+    def _capture(self, module: nn.Module, inputs, output):
+        if not isinstance(output, Tensor):
+            raise TypeError(f"the target layer must return a tensor, got {type(output).__name__}")
+        self._activation = output.detach().requires_grad_(True)
+        return self._activation.clone()
+
+    def __call__(self, images: Tensor, labels: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+        """Maps (B, H, W) of the ``labels`` logits, resized to ``size`` (default: the images' size)."""
+        labels = torch.as_tensor(labels, device=images.device).long().flatten()
+        if labels.numel() != images.shape[0]:
+            raise ValueError(f"labels must have one entry per image: got {labels.numel()} for {images.shape[0]} images")
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        handle = self.target_layer.register_forward_hook(self._capture)
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                logits = self.model(images)
+                if self._activation is None:
+                    raise RuntimeError("the target layer did not run during the forward pass")
+                if logits.dim() != 2:
+                    raise ValueError(f"the model must return (B, classes) logits, got shape {tuple(logits.shape)}")
+                if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
+                    raise ValueError(f"labels must be in [0, {logits.shape[1]}), got {labels.min()}..{labels.max()}")
+                target = logits.gather(1, labels[:, None]).sum()
+                (gradients,) = torch.autograd.grad(target, self._activation)
+        finally:
+            handle.remove()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+        activations, self._activation = self._activation.detach(), None
+        if self.reshape_transform is not None:
+            activations, gradients = self.reshape_transform(activations), self.reshape_transform(gradients)
+        size = tuple(images.shape[-2:]) if size is None else tuple(size)
+        return explain(self.explainer, activations, gradients, size, self.threshold)
