@@ -124,9 +124,16 @@ def preprocess_image(image: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
-def preprocess_human_map(heatmap: np.ndarray) -> Tensor:
-    """(256, 256) uint8 click map -> (224, 224) float32: resize to 64, blur, resize to 224."""
-    return torch.from_numpy(resize_bilinear(gaussian_blur(resize_bilinear(heatmap, BLUR_GRID)), IMAGE_SIZE))
+def blur_on_grid(heatmap: np.ndarray) -> np.ndarray:
+    """The first two steps of the published human-map processing: resize to 64x64, blur."""
+    return gaussian_blur(resize_bilinear(heatmap, BLUR_GRID))
+
+
+def preprocess_human_map(heatmap: np.ndarray, size: int = IMAGE_SIZE) -> Tensor:
+    """A click map -> (size, size) float32: resize to 64, blur, resize to ``size`` (224 in the study).
+
+    SynthClick processes its part masks with the same function, so its maps are ClickMe-like."""
+    return torch.from_numpy(resize_bilinear(blur_on_grid(heatmap), size))
 
 
 # --- records --------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ else: replacing the background, the strokes or any distractor never changes it. 
 perfect observer must look at is exactly the two marked parts, and the map is their mask (a disc of
 0.85 glyph sizes around each, covering glyph and ring), processed as ClickMe maps are (resized to
 64x64, blurred with a normalised 10x10 Gaussian of sigma 10, resized to the image size;
-:func:`clickme_blur`), then scaled to a maximum of 1.  The two parts get equal weight because both
+the same code as the ClickMe loader, :mod:`dcls_lib.data.clickme`), then scaled to a maximum of 1.  The two parts get equal weight because both
 are needed.
 
 Items
@@ -80,6 +80,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from . import clickme
+
 __all__ = [
     "CLASSES",
     "COLOURS",
@@ -89,13 +91,12 @@ __all__ = [
     "SynthClick",
     "SynthClickSample",
     "channel_stats",
-    "clickme_blur",
     "describe",
     "show_examples",
 ]
 
 # Bump when the drawing changes: cached items of another version are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: maps blurred by the ClickMe loader's own code
 
 SHAPES = ("disc", "square", "triangle", "cross")
 COLOURS = ("red", "green", "blue", "yellow")
@@ -126,21 +127,10 @@ PALETTE = {
 RING_COLOUR = (1.0, 1.0, 1.0)
 HALO_COLOUR = (0.05, 0.05, 0.05)
 
-CLICKME_MAP_SIZE = 64
-CLICKME_BLUR_SIZE = 10
-CLICKME_BLUR_SIGMA = 10.0
-
 
 # ----------------------------------------------------------------------------------------------
-# The ClickMe processing of a map
+# Linear resizing of texture noise
 # ----------------------------------------------------------------------------------------------
-
-
-def clickme_kernel_1d(size: int = CLICKME_BLUR_SIZE, sigma: float = CLICKME_BLUR_SIGMA) -> np.ndarray:
-    """The 1-D factor of the ClickMe blur: the normalised 2-D Gaussian is its outer product."""
-    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(coords**2) / (2 * sigma**2))
-    return (g / g.sum()).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -158,51 +148,6 @@ def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
     shape[axis] = n_out
     frac = frac.reshape(shape)
     return np.take(x, left, axis=axis) * (1 - frac) + np.take(x, right, axis=axis) * frac
-
-
-def _blur_axis(x: np.ndarray, axis: int) -> np.ndarray:
-    """'same' correlation with the 1-D kernel, zero padding 4 before and 5 after (TensorFlow SAME)."""
-    kernel = clickme_kernel_1d()
-    x = np.moveaxis(x, axis, 0)
-    n = x.shape[0]
-    before = (len(kernel) - 1) // 2
-    padded = np.zeros((n + len(kernel) - 1,) + x.shape[1:], dtype=x.dtype)
-    padded[before : before + n] = x
-    out = kernel[0] * padded[:n]
-    for k in range(1, len(kernel)):
-        out += kernel[k] * padded[k : k + n]
-    return np.moveaxis(out, 0, axis)
-
-
-def _clickme_small(mask: np.ndarray) -> np.ndarray:
-    """Steps 1-2 of the ClickMe processing of a 2-D map: resize to 64x64, blur.  (Elementwise numpy
-    on purpose: small BLAS products stall when their threads compete with data-loader workers.)"""
-    x = np.asarray(mask, dtype=np.float32)
-    x = _resize_axis(_resize_axis(x, CLICKME_MAP_SIZE, 0), CLICKME_MAP_SIZE, 1)
-    return _blur_axis(_blur_axis(x, 0), 1)
-
-
-def _clickme_resize(small: np.ndarray, size: int) -> np.ndarray:
-    """Step 3: bilinear resize of the blurred 64x64 map to the image size."""
-    return _resize_axis(_resize_axis(small, size, 0), size, 1)
-
-
-def clickme_blur(mask: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
-    """A mask processed as ClickMe human maps are: resize to 64x64 (bilinear), blur with a 10x10
-    Gaussian of sigma 10 normalised to sum 1 ('same' zero padding: 4 before, 5 after, as
-    TensorFlow's SAME and torch's ``padding="same"``), resize to ``size`` x ``size`` (bilinear).
-
-    ``mask``: a 2-D array or tensor ``(H, W)``.  Returns a float32 ``(size, size)`` tensor, not
-    rescaled.  Written for SynthClick; ``dcls_lib.data.clickme`` holds the loader of the real maps.
-    """
-    if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
-    mask = np.asarray(mask, dtype=np.float32)
-    if mask.ndim != 2:
-        raise ValueError(f"clickme_blur: mask must be 2-D (H, W), got shape {mask.shape}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"clickme_blur: size must be a positive int, got {size!r}")
-    return torch.from_numpy(np.ascontiguousarray(_clickme_resize(_clickme_small(mask), int(size))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,7 +517,7 @@ class SynthClick(Dataset):
         rng = self._rng(index)
         scene = make_scene(rng, self.label_of(index), self.image_size)
         image = render(scene, rng, self.image_size)
-        return image, _clickme_small(_part_mask(scene, self.image_size)), scene
+        return image, clickme.blur_on_grid(_part_mask(scene, self.image_size)), scene
 
     def _cache_file(self, index: int) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{index:07d}.npz"
@@ -596,7 +541,7 @@ class SynthClick(Dataset):
     def _finish(self, image: np.ndarray, small_map: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # numpy, not torch: torch's elementwise ops thread (and stall) on arrays this large
         image_t = torch.from_numpy(image.astype(np.float32) * np.float32(1 / 255))
-        human_map = np.maximum(_clickme_resize(small_map, self.image_size), 0.0)
+        human_map = np.maximum(clickme.resize_bilinear(small_map, self.image_size), 0.0)
         human_map /= max(float(human_map.max()), 1e-12)
         return image_t, torch.from_numpy(human_map)
 
@@ -607,7 +552,7 @@ class SynthClick(Dataset):
                 image, small_map = stored["image"], stored["small_map"]
         except Exception as error:  # truncated, not an npz, keys missing
             raise ValueError(f"SynthClick cache file {path} is unreadable ({error}); delete it") from error
-        shape = (CLICKME_MAP_SIZE, CLICKME_MAP_SIZE)
+        shape = (clickme.BLUR_GRID, clickme.BLUR_GRID)
         if image.shape != (3, size, size) or image.dtype != np.uint8 or small_map.shape != shape:
             raise ValueError(
                 f"SynthClick cache file {path} holds image {image.shape} {image.dtype} and map "
