@@ -378,6 +378,13 @@ def load_model(name: str, checkpoint: Optional[str], image_size: int):
 
     from . import models  # noqa: F401  (registers the study's models with timm)
 
+    if name.startswith("run:"):  # a model trained on SynthClick by dcls_lib.train
+        from .data.synthclick import SynthClick
+        from .train import load_run
+
+        model = load_run(name[len("run:"):], device="cpu").model
+        target = models.cam_target(model)
+        return model, target.layer, target.reshape_transform, PixelNormalize(SynthClick.mean, SynthClick.std)
     model = timm.create_model(name)
     if checkpoint is not None:
         models.load_checkpoint(model, checkpoint)
@@ -400,10 +407,8 @@ def open_dataset(spec: str, cache: Optional[str] = None, image_size: int = 224, 
             return ClickMe(argument), f"clickme:{Path(argument).resolve()}"
         return clickme_val(cache, download=True, progress=progress), "clickme:val"
     if kind == "synthclick":
-        try:
-            from .data.synthclick import SynthClick
-        except ImportError as error:
-            raise ValueError("--data synthclick needs dcls_lib.data.synthclick, which this installation lacks") from error
+        from .data.synthclick import SynthClick
+
         split = argument or "test"
         return SynthClick(split=split, image_size=image_size), f"synthclick:{split}:{image_size}px"
     raise ValueError(f"--data must be clickme, clickme:DIR or synthclick[:SPLIT], got {spec!r}")
@@ -427,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", nargs="?", const="bfloat16", choices=tuple(AMP_DTYPES), help="mixed precision (default bfloat16)")
     parser.add_argument("--num-workers", type=int, help="data loading workers (default 0 on CPU, 8 on CUDA)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="image side (default: 224, or the size a run:DIR model was trained at)")
     parser.add_argument("--constant-maps", choices=CONSTANT_POLICIES, default="zero",
                         help="what a constant map counts for: correlation 0 (default) or left out (the study's code)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep the model's memory layout (NCHW)")
@@ -437,11 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> AlignmentSummary:
     args = build_parser().parse_args(argv)
-    if (args.checkpoint is None) == (not args.random_init):
-        raise SystemExit("give either --checkpoint PATH_OR_URL or --random-init (random weights, for smoke runs)")
+    trained_run = args.model.startswith("run:")
+    if not trained_run and (args.checkpoint is None) == (not args.random_init):
+        raise SystemExit("give either --checkpoint PATH_OR_URL or --random-init (random weights, for smoke runs), "
+                         "or a SynthClick-trained --model run:DIR")
+    if args.image_size is None:
+        args.image_size = 224
+        if trained_run:
+            from .train import load_run
+
+            args.image_size = load_run(args.model[len("run:"):], device="cpu").config.image_size
     dataset, data_name = open_dataset(args.data, args.cache_dir, args.image_size, progress=not args.no_progress)
     model, layer, reshape_transform, preprocess = load_model(args.model, args.checkpoint, args.image_size)
-    results = args.results or Path("runs", "alignment", f"{args.model}_{args.explainer}_{args.data.partition(':')[0]}.jsonl")
+    model_name = Path(args.model[4:]).name if trained_run else args.model
+    results = args.results or Path("runs", "alignment", f"{model_name}_{args.explainer}_{args.data.partition(':')[0]}.jsonl")
     summary = evaluate_alignment(
         model, layer, dataset, reshape_transform=reshape_transform, preprocess=preprocess,
         explainer=args.explainer, threshold=args.threshold, batch_size=args.batch_size, device=args.device,

@@ -215,3 +215,17 @@ def test_command_line(clickme, tmp_path, monkeypatch, capsys):
         evaluate.main(["--model", "tiny", "--data", f"clickme:{folder}"])  # neither checkpoint nor --random-init
     with pytest.raises(ValueError, match="--data must be"):
         evaluate.open_dataset("imagenet")
+
+
+def test_command_line_scores_a_model_trained_on_synthclick(tmp_path, capsys):
+    """`--model run:DIR` evaluates a dcls_lib.train run at the size it was trained at, no checkpoint needed."""
+    from dcls_lib.evaluate import main
+    from dcls_lib.train import profile_config, train
+
+    train(profile_config("smoke", family="resnet", variant="baseline", epochs=1), tmp_path / "run", progress=False)
+    summary = main(["--model", f"run:{tmp_path / 'run'}", "--data", "synthclick", "--limit", "6",
+                    "--batch-size", "4", "--results", str(tmp_path / "scores.jsonl"), "--no-progress"])
+    assert summary.images == 6
+    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert sum(row["type"] == "image" for row in rows) == 6
+    assert "synthclick:test:64px" in (tmp_path / "scores.jsonl").read_text()
