@@ -51,7 +51,7 @@ class StudyPlan:
 
 
 PLANS = {
-    "smoke": StudyPlan("smoke", families=("convnext", "resnet"), test_size=24),
+    "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
     "cpu": StudyPlan("cpu", families=("resnet",), test_size=600),
     "gpu": StudyPlan("gpu", families=("resnet", "convnext", "fastvit", "convformer"), seeds=(0, 1, 2), test_size=2400),
 }
@@ -80,8 +80,9 @@ def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
             threshold=plan.threshold, batch_size=config.batch_size, device=device,
             results_path=run.out_dir / f"alignment-{explainer}.jsonl", progress=progress,
         )
-        row[explainer] = summary.score
-        row[f"{explainer} constant maps"] = summary.constant
+        row[explainer] = summary.alignment
+        row[f"{explainer} sem"] = summary.alignment_sem
+        row[f"{explainer} constant maps"] = summary.constant_model_maps
     return row
 
 
