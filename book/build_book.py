@@ -39,14 +39,19 @@ def jupyter_book() -> str:
 
 
 def build(profile: str | None = None, output: Path | None = None, rebuild_all: bool = False,
-          log: Path | None = None) -> Path:
-    """Build the book and return the folder of its HTML; raises BuildError with the log's tail."""
+          log: Path | None = None, runs: Path | None = None) -> Path:
+    """Build the book and return the folder of its HTML; raises BuildError with the log's tail.
+
+    ``runs``: where the chapters keep the models they train (``DCLS_RUNS``; default: the checkout's
+    ``runs/``), e.g. a temporary folder for a throw-away build."""
     if profile is not None and profile not in PROFILES:
         raise BuildError(f"profile must be one of {PROFILES}, got {profile!r}")
     vendor()
     env = dict(os.environ)
     if profile is not None:
         env["DCLS_PROFILE"] = profile
+    if runs is not None:
+        env["DCLS_RUNS"] = str(runs)
     # the kernel must import this checkout's dcls_lib, whatever is installed
     root = str(BOOK.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])

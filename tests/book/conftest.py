@@ -33,7 +33,7 @@ def smoke_book(tmp_path_factory) -> BuiltBook:
     out = tmp_path_factory.mktemp("book")
     log = out / "build.log"
     try:
-        html = build(profile="smoke", output=out, log=log)
+        html = build(profile="smoke", output=out, log=log, runs=out / "runs")
     except BuildError as error:
         pytest.fail(f"the book did not build in smoke mode: {error}", pytrace=False)
     return BuiltBook(html=html, executed=out / "_build" / "jupyter_execute", log=log)
