@@ -143,11 +143,12 @@ def run_study(
     plan: Optional[StudyPlan] = None,
 ) -> StudyResults:
     """Train (or resume, or reload) every run of the plan, score it, and write study.json / study.md."""
-    profile = profile or current_profile()
     if plan is None:
+        profile = profile or current_profile()
         if profile not in PLANS:
             raise ValueError(f"profile must be one of {sorted(PLANS)}, got {profile!r}")
         plan = PLANS[profile]
+    profile = plan.profile
     out = Path(out_dir) if out_dir is not None else study_dir(profile)
     device = torch.device(device) if device not in (None, "auto") else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
