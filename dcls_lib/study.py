@@ -23,9 +23,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from .data.clickme import ClickMe, clickme_val
 from .data.synthclick import SynthClick
 from .evaluate import PixelNormalize, evaluate_alignment
-from .models import cam_target
+from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
 from .models.small import VARIANTS
 from .runtime import current_profile, library_digest, run_info, runs_dir
 from .train import TrainConfig, TrainRun, _atomic_json, evaluate_accuracy, profile_config, synthclick_tensors, train
@@ -95,8 +96,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (family, variant), members in groups.items():
         entry = {"family": family, "variant": variant, "seeds": len(members)}
         for key in ("test_acc", *EXPLAINERS):
-            values = [m[key] for m in members]
-            entry[key] = statistics.fmean(values)
+            values = [m[key] for m in members if m[key] is not None]
+            entry[key] = statistics.fmean(values) if values else None
             entry[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else None
         out.append(entry)
     return out
@@ -106,6 +107,8 @@ def markdown_table(summary: list[dict]) -> str:
     """The study's table: accuracy and alignment (mean, and spread over seeds where there are several)."""
 
     def cell(entry, key, percent=True):
+        if entry[key] is None:
+            return "n/a"
         scale = 100 if percent else 1
         text = f"{entry[key] * scale:.1f}"
         if entry.get(f"{key} std") is not None:
@@ -166,6 +169,55 @@ def run_study(
     return results
 
 
+def run_clickme_study(
+    data: Optional[os.PathLike] = None,
+    names: Sequence[str] = tuple(STUDY_MODELS),
+    out_dir: Optional[os.PathLike] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    limit: Optional[int] = None,
+    threshold: float = 0.3,
+    batch_size: int = 32,
+    device=None,
+    download: bool = False,
+    progress: bool = True,
+) -> StudyResults:
+    """The published study itself: each of ``names`` (the study's eight base models) with its
+    published weights, baseline and DCLS, scored on ClickMe with both explainers.
+
+    ``data``: a folder of ClickMe validation shards (``None``: the cache, downloaded first when
+    ``download``).  Weights come from ``cache_dir`` (``$DCLS_CACHE`` by default), downloaded when
+    missing and online.  Rows have the same columns as the SynthClick study (no accuracy), so the same
+    tables and figures apply.
+    """
+    dataset = ClickMe(data) if data is not None else clickme_val(download=download, progress=progress)
+    out = Path(out_dir) if out_dir is not None else runs_dir() / f"clickme-{library_digest()}"
+    rows = []
+    for base in names:
+        if base not in STUDY_MODELS:
+            raise ValueError(f"{base!r} is not one of the study's models: {sorted(STUDY_MODELS)}")
+        for variant, name in (("baseline", base), ("dcls", f"{base}_dcls")):
+            model = create_study_model(name, pretrained=True, cache_dir=cache_dir, progress=progress)
+            target = cam_target(model)
+            row = {"family": base, "variant": variant, "seed": 0, "test_acc": None}
+            for explainer in EXPLAINERS:
+                summary = evaluate_alignment(
+                    model, target.layer, dataset, reshape_transform=target.reshape_transform,
+                    preprocess=input_transform(model), explainer=explainer, threshold=threshold,
+                    batch_size=batch_size, device=device, limit=limit, progress=progress,
+                    results_path=out / f"{name}-{explainer}.jsonl", metadata={"model": name, "data": "clickme"},
+                )
+                row[explainer] = summary.alignment
+                row[f"{explainer} sem"] = summary.alignment_sem
+                row[f"{explainer} constant maps"] = summary.constant_model_maps
+            rows.append(row)
+    plan = StudyPlan("clickme", families=tuple(names), variants=("baseline", "dcls"), test_size=limit or len(dataset),
+                     threshold=threshold)
+    results = StudyResults(plan, rows, out, run_info(device, "clickme"))
+    _atomic_json({"plan": dataclasses.asdict(plan), "run": results.info, "rows": rows, "summary": results.summary},
+                 out / "study.json")
+    return results
+
+
 def load_study(path: os.PathLike) -> StudyResults:
     """A study written by ``run_study`` (a folder or its study.json), e.g. a GPU run kept in the repository."""
     path = Path(path)
@@ -178,10 +230,17 @@ def load_study(path: os.PathLike) -> StudyResults:
 def main(argv: Optional[Sequence[str]] = None) -> StudyResults:
     parser = argparse.ArgumentParser(prog="python -m dcls_lib.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=sorted(PLANS), default=None)
+    parser.add_argument("--clickme", metavar="DIR", nargs="?", const="",
+                        help="instead: the published models on ClickMe shards in DIR (no DIR: the cache, downloaded)")
+    parser.add_argument("--limit", type=int, default=None, help="with --clickme: the first N images only")
     parser.add_argument("--out", default=None, help="study folder (default: runs/study-<profile>-<digest>)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    results = run_study(args.profile, args.out, device=args.device)
+    if args.clickme is not None:
+        results = run_clickme_study(args.clickme or None, out_dir=args.out, limit=args.limit,
+                                    device=args.device, download=not args.clickme)
+    else:
+        results = run_study(args.profile, args.out, device=args.device)
     print(results.table())
     print(f"\n{json.dumps(results.info)}\nwritten to {results.out_dir}")
     return results

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from dcls_lib.study import PLANS, StudyPlan, aggregate, load_study, markdown_table, run_study
 
@@ -30,10 +31,19 @@ def test_plans_train_the_three_variants():
     assert len(PLANS["gpu"].seeds) >= 3, "the full profile reports a spread over seeds"
 
 
-def test_run_study_trains_scores_and_reloads(tmp_path):
-    plan = StudyPlan("smoke", families=("resnet",), variants=("baseline", "dcls"), seeds=(0, 1), test_size=8,
-                     train_overrides={"epochs": 1})
-    results = run_study(out_dir=tmp_path, plan=plan, device="cpu", progress=False)
+TINY = StudyPlan("smoke", families=("resnet",), variants=("baseline", "dcls"), seeds=(0, 1), test_size=8,
+                 train_overrides={"epochs": 1})
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    return folder, run_study(out_dir=folder, plan=TINY, device="cpu", progress=False)
+
+
+def test_run_study_trains_scores_and_reloads(tiny_study):
+    tmp_path, results = tiny_study
+    plan = TINY
     assert len(results.rows) == 4
     for row in results.rows:
         assert 0 <= row["test_acc"] <= 1
@@ -57,3 +67,57 @@ def test_run_study_trains_scores_and_reloads(tmp_path):
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="profile"):
         run_study("laptop")
+
+
+def test_figures_and_tables_of_a_study(tiny_study):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dcls_lib.study_plots import accuracy_rows, alignment_bars, position_maps, spread_over_training, training_curves
+
+    _, results = tiny_study
+    curves = training_curves(results)
+    assert len(curves.axes) == 2 and len(curves.axes[1].lines) == 4 + 1  # 4 runs and the chance line
+    rows = accuracy_rows(results)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", 0), ("baseline", 1), ("dcls", 0), ("dcls", 1)]
+    assert all(r["test accuracy"].endswith("%") for r in rows)
+    dcls_run = results.run_dir("resnet", "dcls", 0)
+    maps = position_maps(dcls_run, size=7)
+    shares = [ax.images[0].get_array() for ax in maps.axes]
+    assert all(abs(float(a.sum()) - 1) < 1e-6 for a in shares), "each panel shows the share of taps per cell"
+    assert len(spread_over_training(dcls_run).axes[0].lines) == len(maps.axes) // 2
+    bars = alignment_bars(results)
+    assert len(bars.axes) == 2 and len(bars.axes[0].patches) == 2
+
+
+def test_the_published_study_on_clickme_files_in_the_real_formats(tmp_path):
+    """run_clickme_study reads ClickMe shards and the published weights from a cache; both are written
+    here in their exact formats (random values: this checks the wiring, not the published numbers)."""
+    import numpy as np
+    import timm
+    from safetensors.torch import save_file
+
+    from authors_layouts import make_state_dict, resnet50_layout, timm_training_checkpoint
+    from dcls_lib.data.clickme import write_clickme_shard
+    from dcls_lib.models import PUBLISHED
+    from dcls_lib.study import run_clickme_study
+
+    rng = np.random.default_rng(0)
+    samples = [(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), rng.integers(0, 256, (256, 256), dtype=np.uint8), k)
+               for k in (3, 7)]
+    write_clickme_shard(tmp_path / "shards" / "val-0.tfrecords", samples)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    baseline = timm.create_model("resnet50")
+    save_file({k: v.contiguous() for k, v in baseline.state_dict().items()}, str(cache / PUBLISHED["resnet50"].filename))
+    authors = make_state_dict(resnet50_layout(taps=5), seed=1, positions_limit=3)
+    torch.save(timm_training_checkpoint(authors), cache / PUBLISHED["resnet50_dcls"].filename)
+
+    results = run_clickme_study(tmp_path / "shards", names=("resnet50",), out_dir=tmp_path / "out", cache_dir=cache,
+                                batch_size=2, device="cpu", progress=False)
+    assert [(r["family"], r["variant"]) for r in results.rows] == [("resnet50", "baseline"), ("resnet50", "dcls")]
+    assert all(r["test_acc"] is None and abs(r["threshold-gradcam"]) <= 1 / 0.65753 for r in results.rows)
+    assert "| resnet50 | dcls | 1 | n/a |" in results.table()
+    assert load_study(tmp_path / "out").rows == results.rows
+    with pytest.raises(ValueError, match="not one of the study's models"):
+        run_clickme_study(tmp_path / "shards", names=("vgg16",), out_dir=tmp_path / "out", progress=False)

@@ -1,0 +1,132 @@
+"""Figures and tables of the training runs and the study (chapters 4 and 6 of the book).
+
+Each function takes what ``dcls_lib.study`` and ``dcls_lib.train`` saved and returns a matplotlib
+figure or rows for ``dcls_lib.viz.markdown_table``; the notebooks add the label saying what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from .data.synthclick import CLASSES, RELATIONS, SPANS, factor_accuracy
+from .models import parameter_count
+from .study import EXPLAINERS, StudyResults
+from .train import load_positions, load_run
+
+VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab:blue"}
+EXPLAINER_NAMES = {"gradcam": "Grad-CAM", "threshold-gradcam": "Threshold-Grad-CAM"}
+
+
+def training_curves(results: StudyResults) -> plt.Figure:
+    """Training loss and validation accuracy per epoch, one colour per variant, a row per family."""
+    families = list(dict.fromkeys(r["family"] for r in results.rows))
+    fig, axes = plt.subplots(len(families), 2, figsize=(10, 3.2 * len(families)), squeeze=False)
+    for row, family in zip(axes, families):
+        for entry in (r for r in results.rows if r["family"] == family):
+            log = load_run_log(results, entry)
+            epochs = [e["epoch"] for e in log["epochs"]]
+            style = dict(color=VARIANT_COLOURS[entry["variant"]], marker="o", alpha=0.85,
+                         label=entry["variant"] if entry["seed"] == results.plan.seeds[0] else None)
+            row[0].plot(epochs, [e["train_loss"] for e in log["epochs"]], **style)
+            row[1].plot(epochs, [e["val_acc"] for e in log["epochs"]], **style)
+        row[0].set(title=f"{family}: training loss", xlabel="epoch", ylabel="cross-entropy")
+        row[1].axhline(1 / len(CLASSES), color="black", lw=0.8, ls=":", label="chance")
+        row[1].set(title=f"{family}: validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+        row[1].legend(fontsize=8)
+        for ax in row:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def load_run_log(results: StudyResults, row: dict) -> dict:
+    return json.loads((results.run_dir(row["family"], row["variant"], row["seed"]) / "log.json").read_text())
+
+
+def accuracy_rows(results: StudyResults) -> list[dict]:
+    """Per run: test accuracy, accuracy on each SynthClick factor, parameters and training time."""
+    rows = []
+    for entry in results.rows:
+        factors = factor_accuracy(entry["test_confusion"])
+        run = load_run(results.run_dir(entry["family"], entry["variant"], entry["seed"]), device="cpu")
+        seconds = sum(e["seconds"] for e in run.log["epochs"])
+        images = run.config.train_size // run.config.batch_size * run.config.batch_size * run.config.epochs
+        rows.append({
+            "family": entry["family"], "variant": entry["variant"], "seed": entry["seed"],
+            "test accuracy": f"{entry['test_acc']:.1%}",
+            f"span ({len(SPANS)} ways)": f"{factors['span']:.1%}",
+            f"relation ({len(RELATIONS)} ways)": f"{factors['relation']:.1%}",
+            "parameters": f"{parameter_count(run.model):,}",
+            "training": f"{seconds / 60:.1f} min ({images / seconds:.0f} images/s)",
+        })
+    return rows
+
+
+def _grid_counts(P: torch.Tensor, size: int) -> np.ndarray:
+    """How many taps sit nearest to each cell of a size x size grid (P: (2, ..., taps) offsets)."""
+    cells = (P.reshape(2, -1).round() + size // 2).clamp(0, size - 1).long()
+    counts = np.zeros((size, size))
+    for (r, c), n in Counter(map(tuple, cells.T.tolist())).items():
+        counts[r, c] = n
+    return counts
+
+
+def position_maps(run_dir, size: int, snapshots: Sequence[str] = ("init", None)) -> plt.Figure:
+    """Where the taps of each stage sit (nearest cell, all filters pooled) at the start and the end."""
+    positions = load_positions(run_dir)
+    names = [s or list(positions)[-1] for s in snapshots]
+    stages = list(positions["init"])
+    fig, axes = plt.subplots(len(names), len(stages), figsize=(1.9 * len(stages), 2.1 * len(names)), squeeze=False)
+    for i, snapshot in enumerate(names):
+        for j, stage in enumerate(stages):
+            counts = _grid_counts(positions[snapshot][stage], size)
+            ax = axes[i][j]
+            ax.imshow(counts / counts.sum(), cmap="viridis")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{stage.removesuffix('.P')}\n{snapshot}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def spread_over_training(run_dir) -> plt.Figure:
+    """Mean distance of the taps from the kernel centre per stage, at each snapshot."""
+    positions = load_positions(run_dir)
+    snapshots = list(positions)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for stage in positions["init"]:
+        spread = [positions[s][stage].norm(dim=0).mean().item() for s in snapshots]
+        ax.plot(range(len(snapshots)), spread, marker="o", label=stage.removesuffix(".P"))
+    ax.set_xticks(range(len(snapshots)), snapshots, fontsize=8)
+    ax.set(ylabel="mean |P| (cells)", title="How far taps sit from the kernel centre")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_bars(results: StudyResults) -> plt.Figure:
+    """The study's comparison: alignment per family and variant, one panel per explainer."""
+    summary = results.summary
+    families = list(dict.fromkeys(e["family"] for e in summary))
+    variants = list(dict.fromkeys(e["variant"] for e in summary))
+    fig, axes = plt.subplots(1, len(EXPLAINERS), figsize=(5 * len(EXPLAINERS), 3.4), sharey=True)
+    width = 0.8 / len(variants)
+    for ax, explainer in zip(axes, EXPLAINERS):
+        for k, variant in enumerate(variants):
+            entries = [next(e for e in summary if e["family"] == f and e["variant"] == variant) for f in families]
+            x = np.arange(len(families)) + (k - (len(variants) - 1) / 2) * width
+            errors = [e[f"{explainer} std"] or 0 for e in entries]
+            ax.bar(x, [e[explainer] for e in entries], width, yerr=errors, capsize=3,
+                   color=VARIANT_COLOURS.get(variant), label=variant)
+        ax.set_xticks(range(len(families)), families)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(title=EXPLAINER_NAMES[explainer], ylabel="alignment (Spearman / human ceiling)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
