@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from .data.synthclick import CLASSES, RELATIONS, SPANS, factor_accuracy
-from .models import parameter_count
+from .cam import StudyCAM
+from .data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
+from .evaluate import PixelNormalize
+from .metrics import spearman
+from .models import cam_target, parameter_count
 from .study import EXPLAINERS, StudyResults
 from .train import load_positions, load_run
 
@@ -128,5 +131,97 @@ def alignment_bars(results: StudyResults) -> plt.Figure:
         ax.axhline(0, color="black", lw=0.6)
         ax.set(title=EXPLAINER_NAMES[explainer], ylabel="alignment (Spearman / human ceiling)")
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_image_scores(results: StudyResults, explainer: str) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Each run's per-image Spearman correlations (image id -> rho), read from its results file.
+
+    A constant map (stored as None) counts as 0, the study's default policy (``dcls_lib.metrics``)."""
+    scores = {}
+    for row in results.rows:
+        folder = results.run_dir(row["family"], row["variant"], row["seed"])
+        path = folder / f"alignment-{explainer}.jsonl"
+        if not path.exists():  # the ClickMe study keeps one file per model name
+            name = row["family"] if row["variant"] == "baseline" else f"{row['family']}_dcls"
+            path = results.out_dir / f"{name}-{explainer}.jsonl"
+        entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        scores[row["family"], row["variant"], row["seed"]] = {
+            e["id"]: e["spearman"] or 0.0 for e in entries if e.get("type") == "image"
+        }
+    return scores
+
+
+def paired_differences(results: StudyResults, explainer: str, against: str = "baseline", variant: str = "dcls",
+                       resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Per family: the mean per-image difference in Spearman (``variant`` - ``against``) over the same
+    images and seeds, its bootstrap 95% interval, and the share of images where ``variant`` is higher."""
+    scores = per_image_scores(results, explainer)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in results.rows):
+        differences = []
+        for s in results.plan.seeds:
+            a, b = scores.get((family, against, s)), scores.get((family, variant, s))
+            if a is None or b is None:
+                continue
+            differences += [b[i] - a[i] for i in a.keys() & b.keys()]
+        if not differences:
+            continue
+        d = np.asarray(differences)
+        boot = rng.choice(d, size=(resamples, len(d))).mean(1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        rows.append({"family": family, "images": len(d), "mean difference": f"{d.mean():+.3f}",
+                     "95% interval": f"[{low:+.3f}, {high:+.3f}]", f"{variant} higher on": f"{(d > 0).mean():.0%}"})
+    return rows
+
+
+def score_distributions(results: StudyResults) -> plt.Figure:
+    """Per-image Spearman correlations of every variant, one panel per explainer (seeds pooled)."""
+    fig, axes = plt.subplots(1, len(EXPLAINERS), figsize=(5 * len(EXPLAINERS), 3.4), sharey=True)
+    for ax, explainer in zip(axes, EXPLAINERS):
+        scores = per_image_scores(results, explainer)
+        groups: dict[tuple[str, str], list[float]] = {}
+        for (family, variant, _), values in scores.items():
+            groups.setdefault((family, variant), []).extend(values.values())
+        labels = [f"{f}\n{v}" for f, v in groups]
+        parts = ax.violinplot(list(groups.values()), showmedians=True)
+        for body, (_, variant) in zip(parts["bodies"], groups):
+            body.set_facecolor(VARIANT_COLOURS.get(variant, "tab:blue"))
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(title=EXPLAINER_NAMES[explainer], ylabel="Spearman with the human map, per image")
+    fig.tight_layout()
+    return fig
+
+
+def example_heatmaps(results: StudyResults, images: torch.Tensor, labels: torch.Tensor, human: torch.Tensor,
+                     explainer: str, seed: int = 0, device="cpu") -> plt.Figure:
+    """Rows: images; columns: the image, its human map, and each variant's map (with its Spearman)."""
+    runs = [r for r in results.rows if r["seed"] == seed]
+    columns = 2 + len(runs)
+    fig, axes = plt.subplots(len(images), columns, figsize=(1.7 * columns, 1.8 * len(images)), squeeze=False)
+    maps = []
+    normalize = PixelNormalize(SynthClick.mean, SynthClick.std)
+    for row in runs:
+        model = load_run(results.run_dir(row["family"], row["variant"], row["seed"]), device=device).model
+        target = cam_target(model)
+        cam = StudyCAM(model, target.layer, target.reshape_transform, explainer=explainer,
+                       threshold=results.plan.threshold)
+        maps.append(cam(normalize(images.to(device)), labels.to(device)).cpu())
+    for i in range(len(images)):
+        axes[i][0].imshow(images[i].permute(1, 2, 0).numpy())
+        axes[i][1].imshow(human[i].numpy(), cmap="magma")
+        for j, (row, m) in enumerate(zip(runs, maps)):
+            rho = spearman(m[i : i + 1], human[i : i + 1]).item()
+            axes[i][2 + j].imshow(m[i].numpy(), cmap="magma")
+            axes[i][2 + j].set_xlabel(f"ρ = {rho:.2f}", fontsize=7, labelpad=1)
+        for ax in axes[i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    titles = ["image", "human map"] + [f"{r['family']}\n{r['variant']}" for r in runs]
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(EXPLAINER_NAMES[explainer], fontsize=10)
     fig.tight_layout()
     return fig

@@ -92,7 +92,7 @@ class TrainConfig:
 # gpu: full size on one GPU.
 PROFILE_SETTINGS = {
     "smoke": dict(width=8, image_size=64, train_size=64, val_size=32, epochs=2, batch_size=32, warmup_steps=2),
-    "cpu": dict(width=16, image_size=64, train_size=20000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100),
+    "cpu": dict(width=16, image_size=96, train_size=16000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100),
     "gpu": dict(width=48, image_size=128, train_size=96000, val_size=4800, epochs=30, batch_size=256,
                 warmup_steps=500, lr=3e-3, amp=True, num_workers=8),
 }
