@@ -25,7 +25,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM
+from .files import write_text
 from .metrics import CONSTANT_POLICIES, HUMAN_CEILING, alignment_from_correlations, is_constant, spearman
 from .runtime import default_device, device_name, run_info
 
@@ -69,18 +69,6 @@ class PixelNormalize(nn.Module):
 # --- results file ----------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ResultsFile:
     """A JSON-lines file of per-image results that a later run resumes.
 
@@ -98,12 +86,12 @@ class ResultsFile:
         if self.path.exists():
             self._load()
         else:
-            _write_atomic(self.path, json.dumps({"type": "settings", **self.settings}) + "\n")
+            write_text(self.path, json.dumps({"type": "settings", **self.settings}) + "\n")
 
     def _load(self) -> None:
         complete, _, tail = self.path.read_text().rpartition("\n")
         if tail:  # the last line was cut in the middle of a write: drop it, that image is evaluated again
-            _write_atomic(self.path, complete + "\n" if complete else "")
+            write_text(self.path, complete + "\n" if complete else "")
         entries = []
         for number, line in enumerate(complete.split("\n") if complete else [], start=1):
             try:
@@ -358,7 +346,7 @@ def evaluate_alignment(
         info=run_info(device),
     )
     if results is not None:
-        _write_atomic(Path(f"{results.path}.summary.json"), json.dumps(asdict(summary), indent=2) + "\n")
+        write_text(Path(f"{results.path}.summary.json"), json.dumps(asdict(summary), indent=2) + "\n")
     return summary
 
 

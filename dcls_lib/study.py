@@ -29,7 +29,8 @@ from .evaluate import PixelNormalize, evaluate_alignment
 from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
 from .models.small import VARIANTS
 from .runtime import current_profile, library_digest, run_info, runs_dir
-from .train import TrainConfig, TrainRun, _atomic_json, evaluate_accuracy, profile_config, synthclick_tensors, train
+from .files import write_json, write_text
+from .train import TrainConfig, TrainRun, evaluate_accuracy, profile_config, synthclick_tensors, train
 
 EXPLAINERS = ("gradcam", "threshold-gradcam")
 
@@ -162,10 +163,8 @@ def run_study(
     info = run_info(device, profile)
     results = StudyResults(plan, rows, out, info)
     plan_dict = dataclasses.asdict(plan)
-    _atomic_json({"plan": plan_dict, "run": info, "rows": rows, "summary": results.summary}, out / "study.json")
-    tmp = out / "study.md.tmp"
-    tmp.write_text(results.table() + "\n")
-    os.replace(tmp, out / "study.md")
+    write_json(out / "study.json", {"plan": plan_dict, "run": info, "rows": rows, "summary": results.summary})
+    write_text(out / "study.md", results.table() + "\n")
     return results
 
 
@@ -213,8 +212,8 @@ def run_clickme_study(
     plan = StudyPlan("clickme", families=tuple(names), variants=("baseline", "dcls"), test_size=limit or len(dataset),
                      threshold=threshold)
     results = StudyResults(plan, rows, out, run_info(device, "clickme"))
-    _atomic_json({"plan": dataclasses.asdict(plan), "run": results.info, "rows": rows, "summary": results.summary},
-                 out / "study.json")
+    write_json(out / "study.json",
+               {"plan": dataclasses.asdict(plan), "run": results.info, "rows": rows, "summary": results.summary})
     return results
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import time
@@ -36,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data.synthclick import SynthClick
+from .files import save_torch, write_json
 from .layers import DclsNd
 from .models.small import SMALL_FAMILIES, VARIANTS, create_small_model
 from .runtime import current_profile, run_info
@@ -262,18 +262,6 @@ def position_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in position_parameters(model).items() if name.endswith(".P")}
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _resolve_device(device) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -362,10 +350,10 @@ def train(
                        f"val acc {val_acc:.3f}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "log": log, "positions": positions}, checkpoint)
-            _atomic_json(log, out / "log.json")
+            save_torch(checkpoint, {"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "log": log, "positions": positions})
+            write_json(out / "log.json", log)
     model.eval()
     return TrainRun(model, config, log, out)
 

@@ -32,3 +32,13 @@ def test_ci_runs_the_readme_test_command():
     assert "make book" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_no_unused_imports_or_undefined_names():
+    """pyflakes-class checks (ruff's F rules) over the library, tests, benchmarks and book scripts."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--output-format", "concise",
+                             "dcls_lib", "tests", "benchmarks", "book"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

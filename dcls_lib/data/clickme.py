@@ -29,9 +29,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -41,8 +38,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from ..files import DownloadError, fetch
 from .tfrecords import TFRecordError, decode_example, encode_example, index_tfrecord, read_tfrecord_at, verify_tfrecord, write_tfrecord
 
 PathLike = Union[str, os.PathLike]
@@ -259,38 +256,13 @@ class ClickMe(Dataset):
 
 
 def download_file(url: str, destination: PathLike, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``destination`` with a progress bar; atomic, and checked as a TFRecord file.
-
-    The bytes go to a temporary file next to the destination, which is renamed into place only
-    after the transfer is complete and every record CRC checks out.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
+    """Download ``url`` to ``destination`` with a progress bar; renamed into place only once the
+    transfer is complete and every record CRC checks out."""
     try:
-        with os.fdopen(handle, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError) as error:
-                raise ConnectionError(
-                    f"could not download {url} ({getattr(error, 'reason', error)}); without internet, put the "
-                    "shards in a folder and read that folder instead (evaluate --data clickme:DIR)"
-                ) from error
-            with response:
-                expected = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=expected, unit="B", unit_scale=True, desc=destination.name, disable=not progress) as bar:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        received = Path(tmp).stat().st_size
-        if expected is not None and received != expected:
-            raise ConnectionError(f"download of {url} stopped after {received} of {expected} bytes")
-        verify_tfrecord(tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return destination
+        return fetch(url, destination, progress=progress, timeout=timeout, verify=verify_tfrecord)
+    except DownloadError as error:
+        raise DownloadError(f"{error}; without internet, put the shards in a folder and read that folder "
+                            "instead (evaluate --data clickme:DIR)") from error
 
 
 def download_clickme_val(

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+
+from ..files import fetch
 
 BASE_URL = "https://zenkelab.org/datasets/"
 SPLITS = ("train", "test")
@@ -89,20 +90,6 @@ def published_md5(base_url: str, name: str) -> Optional[str]:
         if len(parts) == 2 and parts[1].lstrip("*") == name:
             return parts[0].lower()
     return None
-
-
-def _fetch(url: str, destination: Path, progress: bool) -> None:
-    try:
-        response = urllib.request.urlopen(url, timeout=60)
-    except (urllib.error.URLError, OSError) as err:
-        raise OSError(f"could not download {url}: {err}") from err
-    with response, open(destination, "wb") as out:
-        total = response.headers.get("Content-Length")
-        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=destination.name,
-                  disable=not progress) as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
 
 
 def _md5(path: Path) -> str:
@@ -162,7 +149,7 @@ def download_shd(
         warnings.warn(f"no MD5 published for {archive_name} at {base_url}: the download is not verified", stacklevel=2)
     with tempfile.TemporaryDirectory(dir=root, prefix=".shd-download-") as tmp:
         packed = Path(tmp) / archive_name
-        _fetch(url, packed, progress)
+        fetch(url, packed, progress)
         if expected is not None and _md5(packed) != expected:
             raise ValueError(f"{url}: MD5 {_md5(packed)} does not match the published {expected}")
         unpacked = Path(tmp) / name

@@ -72,7 +72,6 @@ from __future__ import annotations
 import functools
 import operator
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +79,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import atomic_path
 from . import clickme
 
 __all__ = [
@@ -533,7 +533,9 @@ class SynthClick(Dataset):
             image, small_map, _ = self._generate(index)
             item = image, small_map
             if path is not None:
-                _save_atomic(path, image=image, small_map=small_map)
+                with atomic_path(path) as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.savez(handle, image=image, small_map=small_map)
         if self._memory is not None:
             self._memory[index] = item
         return item
@@ -578,18 +580,6 @@ class SynthClick(Dataset):
     @staticmethod
     def describe() -> str:
         return describe()
-
-
-def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """Write an .npz next to ``path`` and rename it into place, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe() -> str:

@@ -9,7 +9,7 @@ to a plain ``F.convNd`` with dilation 1, as the reference does.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F

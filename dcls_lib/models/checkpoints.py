@@ -48,13 +48,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import os
 import pickle
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +58,8 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..files import DownloadError, fetch
 from ..layers import from_reference_state_dict
 
 CACHE_ENV = "DCLS_CACHE"
@@ -185,27 +181,11 @@ def download(
     if target.is_file():
         _check_digest(target, sha256, f"cached {target}")
         return target
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and tmp.stat().st_size != total:
-            raise CheckpointError(f"download of {url} stopped at {tmp.stat().st_size} of {total} bytes")
-        _check_digest(tmp, sha256, f"download of {url}")
-        os.replace(tmp, target)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not download {url}: {error!r}") from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fetch(url, target, progress=progress, timeout=timeout,
+              verify=lambda tmp: _check_digest(tmp, sha256, f"download of {url}"))
+    except DownloadError as error:
+        raise CheckpointError(str(error)) from error
     return target
 
 

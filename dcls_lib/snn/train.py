@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -28,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..data.delay_task import DelayTaskSpec, make_splits
+from ..files import write_json
 from ..runtime import current_profile, default_device, run_info, run_label
 from .delays import SigmaSchedule, clamp_delays, delay_layers, delay_param_groups, set_sigma
 from .model import DelaySNN, predict, readout_loss
@@ -288,21 +286,6 @@ def _train(config, delays, sigma, schedule, data, device, progress) -> dict:
     }
 
 
-def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON through a temporary file, so that no half-written log is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def run_study(
     config: Optional[DelayRunConfig] = None,
     runs: Sequence[tuple[str, str]] = STUDY_RUNS,
@@ -332,7 +315,7 @@ def run_study(
         "label": run_label(device, profile, data.description + threads),
     }
     if log_path is not None:
-        write_json({**study, "runs": [{k: v for k, v in r.items() if k != "model"} for r in results]}, log_path)
+        write_json(log_path, {**study, "runs": [{k: v for k, v in r.items() if k != "model"} for r in results]})
     return study
 
 

@@ -7,7 +7,6 @@ and the slider switches frames without a kernel.  Screenshots land in book/_buil
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
