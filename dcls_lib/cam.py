@@ -227,6 +227,14 @@ class StudyCAM:
 
     def __call__(self, images: Tensor, labels: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
         """Maps (B, H, W) of the ``labels`` logits, resized to ``size`` (default: the images' size)."""
+        activations, gradients = self.layer_tensors(images, labels)
+        size = tuple(images.shape[-2:]) if size is None else tuple(size)
+        return explain(self.explainer, activations, gradients, size, self.threshold)
+
+    def layer_tensors(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The target layer's activations and the gradients of the ``labels`` logits there, after
+        ``reshape_transform``: what both maps are computed from.  Keep them to compute several maps
+        (both methods, many thresholds) from one backward pass."""
         labels = torch.as_tensor(labels, device=images.device).long().flatten()
         if labels.numel() != images.shape[0]:
             raise ValueError(f"labels must have one entry per image: got {labels.numel()} for {images.shape[0]} images")
@@ -252,5 +260,4 @@ class StudyCAM:
         activations, self._activation = self._activation.detach(), None
         if self.reshape_transform is not None:
             activations, gradients = self.reshape_transform(activations), self.reshape_transform(gradients)
-        size = tuple(images.shape[-2:]) if size is None else tuple(size)
-        return explain(self.explainer, activations, gradients, size, self.threshold)
+        return activations, gradients
