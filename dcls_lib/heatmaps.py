@@ -11,6 +11,7 @@ and the diagnostics below, without another forward or backward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 from typing import Callable, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -285,3 +286,67 @@ def map_frame(heatmap: Tensor, human_map: Tensor, title: str, rho: float, dpi: i
         return figure_png(fig, dpi=dpi, colors=64)
     finally:
         plt.close(fig)
+
+
+def heatmap_explorer(
+    images: Tensor,
+    human_maps: Tensor,
+    image_titles: Sequence[str],
+    maps: Mapping[tuple, Tensor],
+    scores: Mapping[tuple, Tensor],
+    thresholds: Sequence[float],
+    threshold: float = DEFAULT_THRESHOLD,
+    caption: str = "",
+):
+    """Chapter 7's explorer: controls for the image, the model, the method and the threshold, each
+    switching precomputed frames in the browser (:func:`dcls_lib.widgets.frame_explorer`).
+
+    ``maps[(family, variant), method, t]`` holds the maps (N, H, W) of ``images`` (t is None for
+    Grad-CAM, one of ``thresholds`` for Threshold-Grad-CAM), ``scores`` the same keys' Spearman
+    correlations (N,).  The family control appears only when there are several families; the slider
+    starts at the threshold nearest ``threshold``.
+    """
+    from .widgets import Control, Panel, frame_explorer
+
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds:
+        raise ValueError("the explorer needs at least one threshold")
+    models = list(dict.fromkeys(key[0] for key in maps))
+    families = list(dict.fromkeys(f for f, _ in models))
+    variants = list(dict.fromkeys(v for _, v in models))
+    n = len(images)
+    if len(image_titles) != n or len(human_maps) != n:
+        raise ValueError(f"{n} images need {n} human maps and titles, got {len(human_maps)} and {len(image_titles)}")
+    pairs = list(product(families, variants))
+    needed = [(m, "gradcam", None) for m in pairs] + [(m, "threshold-gradcam", t) for m in pairs for t in thresholds]
+    missing = [key for key in needed if key not in maps or key not in scores]
+    if missing:
+        raise ValueError(f"no maps or scores for {len(missing)} of the explorer's combinations, e.g. {missing[0]}")
+
+    model_controls = ["family", "variant"] if len(families) > 1 else ["variant"]
+    start = min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - threshold))
+    controls = [Control("image", list(image_titles))]
+    if len(families) > 1:
+        controls.append(Control("family", families))
+    controls += [Control("variant", variants, kind="toggle"),
+                 Control("method", [METHOD_NAMES["gradcam"], METHOD_NAMES["threshold-gradcam"]], kind="toggle", initial=1),
+                 Control("threshold", [f"{t:.1f}" for t in thresholds], kind="slider", initial=start)]
+
+    left = Panel(["image"], {(k,): image_frame(images[k], human_maps[k], image_titles[k]) for k in range(n)})
+    frames = {}
+    for k, (fi, family), (vi, variant) in product(range(n), enumerate(families), enumerate(variants)):
+        model = (family, variant)
+        plain = map_frame(maps[model, "gradcam", None][k], human_maps[k], f"{family} {variant}, {METHOD_NAMES['gradcam']}",
+                          float(scores[model, "gradcam", None][k]))
+        for ti, t in enumerate(thresholds):
+            floored = map_frame(maps[model, "threshold-gradcam", t][k], human_maps[k],
+                                f"{family} {variant}, {method_label('threshold-gradcam', t)}",
+                                float(scores[model, "threshold-gradcam", t][k]))
+            model_index = (fi, vi) if len(families) > 1 else (vi,)
+            frames[(k, *model_index, 0, ti)] = plain  # Grad-CAM has no threshold: the same frame
+            frames[(k, *model_index, 1, ti)] = floored
+    right = Panel(["image", *model_controls, "method", "threshold"], frames)
+    distinct = set(frames.values()) | set(left.frames.values())
+    note = f"{len(distinct)} precomputed frames ({sum(map(len, distinct)) // 1024} KiB)."
+    return frame_explorer(controls, [left, right], caption=f"{note} {caption}".strip())
+

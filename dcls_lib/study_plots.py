@@ -18,13 +18,13 @@ from matplotlib.ticker import MaxNLocator
 from .cam import StudyCAM
 from .data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
 from .evaluate import PixelNormalize
+from .heatmaps import METHOD_NAMES, plot_heatmap_grid
 from .metrics import spearman
 from .models import cam_target, parameter_count
 from .study import EXPLAINERS, StudyResults
 from .train import load_positions, load_run
 
 VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab:blue"}
-EXPLAINER_NAMES = {"gradcam": "Grad-CAM", "threshold-gradcam": "Threshold-Grad-CAM"}
 
 
 def training_curves(results: StudyResults) -> plt.Figure:
@@ -129,7 +129,7 @@ def alignment_bars(results: StudyResults) -> plt.Figure:
                    color=VARIANT_COLOURS.get(variant), label=variant)
         ax.set_xticks(range(len(families)), families)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(title=EXPLAINER_NAMES[explainer], ylabel="alignment (Spearman / human ceiling)")
+        ax.set(title=METHOD_NAMES[explainer], ylabel="alignment (Spearman / human ceiling)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -191,37 +191,25 @@ def score_distributions(results: StudyResults) -> plt.Figure:
             body.set_facecolor(VARIANT_COLOURS.get(variant, "tab:blue"))
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(title=EXPLAINER_NAMES[explainer], ylabel="Spearman with the human map, per image")
+        ax.set(title=METHOD_NAMES[explainer], ylabel="Spearman with the human map, per image")
     fig.tight_layout()
     return fig
 
 
 def example_heatmaps(results: StudyResults, images: torch.Tensor, labels: torch.Tensor, human: torch.Tensor,
                      explainer: str, seed: int = 0, device="cpu") -> plt.Figure:
-    """Rows: images; columns: the image, its human map, and each variant's map (with its Spearman)."""
-    runs = [r for r in results.rows if r["seed"] == seed]
-    columns = 2 + len(runs)
-    fig, axes = plt.subplots(len(images), columns, figsize=(1.7 * columns, 1.8 * len(images)), squeeze=False)
-    maps = []
+    """Columns: images; rows: the image, its human map, and each trained model's map (with its Spearman),
+    drawn by ``dcls_lib.heatmaps.plot_heatmap_grid`` like chapter 5's figures."""
     normalize = PixelNormalize(SynthClick.mean, SynthClick.std)
-    for row in runs:
+    rows, scores = {}, {}
+    for row in (r for r in results.rows if r["seed"] == seed):
         model = load_run(results.run_dir(row["family"], row["variant"], row["seed"]), device=device).model
         target = cam_target(model)
         cam = StudyCAM(model, target.layer, target.reshape_transform, explainer=explainer,
                        threshold=results.plan.threshold)
-        maps.append(cam(normalize(images.to(device)), labels.to(device)).cpu())
-    for i in range(len(images)):
-        axes[i][0].imshow(images[i].permute(1, 2, 0).numpy())
-        axes[i][1].imshow(human[i].numpy(), cmap="magma")
-        for j, (row, m) in enumerate(zip(runs, maps)):
-            rho = spearman(m[i : i + 1], human[i : i + 1]).item()
-            axes[i][2 + j].imshow(m[i].numpy(), cmap="magma")
-            axes[i][2 + j].set_xlabel(f"ρ = {rho:.2f}", fontsize=7, labelpad=1)
-        for ax in axes[i]:
-            ax.set_xticks([]), ax.set_yticks([])
-    titles = ["image", "human map"] + [f"{r['family']}\n{r['variant']}" for r in runs]
-    for ax, title in zip(axes[0], titles):
-        ax.set_title(title, fontsize=8)
-    fig.suptitle(EXPLAINER_NAMES[explainer], fontsize=10)
-    fig.tight_layout()
+        name = f"{row['family']} {row['variant']}"
+        rows[name] = cam(normalize(images.to(device)), labels.to(device)).cpu()
+        scores[name] = spearman(rows[name], human).tolist()
+    fig = plot_heatmap_grid(images, human, rows, scores, column_titles=[CLASSES[int(c)] for c in labels])
+    fig.suptitle(METHOD_NAMES[explainer], fontsize=10, y=1.01)
     return fig

@@ -184,3 +184,37 @@ def test_method_label():
     assert method_label("threshold-gradcam") == "Threshold-Grad-CAM (t = 0.3)"
     with pytest.raises(ValueError, match="explainer"):
         method_label("cam")
+
+
+def test_heatmap_explorer_has_a_frame_for_every_choice():
+    from dcls_lib.heatmaps import heatmap_explorer
+
+    torch.manual_seed(0)
+    n, thresholds = 2, [0.0, 0.3, 0.6]
+    images, human = torch.rand(n, 3, 16, 16), torch.rand(n, 16, 16)
+    maps, rho = {}, {}
+    for model in [("resnet", "baseline"), ("resnet", "dcls")]:
+        for method, t in [("gradcam", None)] + [("threshold-gradcam", t) for t in thresholds]:
+            maps[model, method, t] = torch.rand(n, 16, 16)
+            rho[model, method, t] = spearman(maps[model, method, t], human)
+    box = heatmap_explorer(images, human, ["a", "b"], maps, rho, thresholds, caption="test run")
+    assert list(box.controls) == ["image", "variant", "method", "threshold"], "one family: no family control"
+    assert box.controls["threshold"].index == 1 and box.controls["method"].index == 1
+    # the image, and per image and model one Grad-CAM frame and one per threshold
+    distinct = {child.value for child in _images(box)}
+    assert len(distinct) == n + n * 2 * (1 + len(thresholds))
+    assert "test run" in box.children[-1].value
+
+    del maps[("resnet", "dcls"), "threshold-gradcam", 0.6]
+    with pytest.raises(ValueError, match="combinations"):
+        heatmap_explorer(images, human, ["a", "b"], maps, rho, thresholds)
+    with pytest.raises(ValueError, match="titles"):
+        heatmap_explorer(images, human, ["a"], maps, rho, thresholds)
+
+
+def _images(widget):
+    import ipywidgets as w
+
+    if isinstance(widget, w.Image):
+        return [widget]
+    return [image for child in getattr(widget, "children", ()) for image in _images(child)]

@@ -3,9 +3,11 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from dcls_lib.data.synthclick import SynthClick
 from dcls_lib.study import PLANS, StudyPlan, aggregate, load_study, markdown_table, run_study
 
 
@@ -88,6 +90,32 @@ def test_figures_and_tables_of_a_study(tiny_study):
     assert len(spread_over_training(dcls_run).axes[0].lines) == len(maps.axes) // 2
     bars = alignment_bars(results)
     assert len(bars.axes) == 2 and len(bars.axes[0].patches) == 2
+
+
+def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dcls_lib.study_plots import example_heatmaps, paired_differences, per_image_scores, score_distributions
+
+    _, results = tiny_study
+    scores = per_image_scores(results, "gradcam")
+    a, b = scores["resnet", "baseline", 0], scores["resnet", "dcls", 0]
+    assert len(a) == len(b) == 8
+    (row,) = paired_differences(results, "gradcam")
+    expected = np.mean([scores["resnet", "dcls", s][i] - scores["resnet", "baseline", s][i] for s in (0, 1) for i in a])
+    assert row["images"] == 16 and float(row["mean difference"]) == pytest.approx(expected, abs=5e-4)
+    low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
+    assert low <= float(row["mean difference"]) <= high
+    assert len(score_distributions(results).axes) == 2
+
+    test = SynthClick("test", image_size=results.plan.configs()[0].image_size, seed=0, size=3)
+    images, labels, human = (torch.stack([test[i][k] for i in range(3)]) if k != 1 else
+                             torch.tensor([test[i][1] for i in range(3)]) for k in range(3))
+    fig = example_heatmaps(results, images, labels, human, "threshold-gradcam")
+    assert len(fig.axes) == 3 * (2 + 2), "rows: image, human map and the two seed-0 models; a column per image"
+    titles = [ax.get_title() for ax in fig.axes[6:]]
+    assert all(t.startswith("ρ =") or t == "constant map" for t in titles)
 
 
 def test_the_published_study_on_clickme_files_in_the_real_formats(tmp_path):

@@ -1,10 +1,16 @@
 // Loaded before the Jupyter widgets HTML manager on pages that embed widget state.
 (function () {
-  // 1. The manager finds its icon fonts next to the AMD module it defines; RequireJS (which reads
-  //    a global `require` object as its configuration) must resolve that module to this folder,
-  //    not to the page's folder.
+  // 1. Each AMD module of the manager (base, controls, html-manager) finds its icon fonts next to
+  //    the URL RequireJS gives it; RequireJS (which reads a global `require` object as its
+  //    configuration) must resolve every one of them to this folder, not to the page's folder
+  //    (the longest matching prefix wins, so libembed-amd keeps its own entry).
   var here = document.currentScript.src.replace(/[^/]*$/, "");
-  window.require = { paths: { "@jupyter-widgets/html-manager/dist": here + "html-manager" } };
+  window.require = {
+    paths: {
+      "@jupyter-widgets": here + "html-manager",
+      "@jupyter-widgets/html-manager/dist": here + "html-manager",
+    },
+  };
   // 2. The manager typesets widget labels with MathJax 2's API (MathJax.Hub.Queue); the book
   //    serves MathJax 3, so translate the call.
   var hub = {

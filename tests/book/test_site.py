@@ -107,3 +107,53 @@ def test_tap_widget_moves_in_the_static_page(site):
     assert page.evaluate(VISIBLE_FRAME) not in ("", after)
     path = page.screenshot(SCREENSHOTS / "widget_02_interpolation.png", full_page=False)
     print(f"screenshot: {path}")
+
+
+def _click_option(page, selector: str, text: str) -> None:
+    """Click the button of a toggle-buttons widget whose label is ``text``."""
+    assert page.evaluate(f"""(() => {{
+      const b = Array.from(document.querySelectorAll('{selector} button')).find(b => b.textContent.trim() === {text!r});
+      if (!b) return false; b.click(); return true; }})()"""), f"no button {text!r}"
+    page.settle(0.5)
+
+
+def test_heatmap_explorer_switches_frames_in_the_static_page(site):
+    """Chapter 7: dropdown, toggle buttons and slider switch precomputed frames without a kernel."""
+    page = _load(site, "notebooks/07_explorer")
+    assert page.evaluate("document.querySelectorAll('.widget-dropdown select').length") >= 1
+    assert page.evaluate("document.querySelectorAll('.widget-toggle-buttons').length") >= 2  # variant, method
+    assert page.evaluate("document.querySelectorAll('.widget-slider').length") >= 1
+    page.evaluate("document.querySelector('.widget-dropdown').scrollIntoView({block: 'start'})")
+    start = page.evaluate(VISIBLE_FRAME)
+    assert len(start.split()) == 2, f"the explorer should show two pictures, shows {start!r}"
+
+    # another image: both pictures change
+    page.evaluate("""(() => { const s = document.querySelector('.widget-dropdown select');
+      s.selectedIndex = 1; s.dispatchEvent(new Event('change', {bubbles: true})); })()""")
+    page.settle(0.5)
+    other_image = page.evaluate(VISIBLE_FRAME)
+    assert len(other_image.split()) == 2 and not set(other_image.split()) & set(start.split())
+
+    # another variant, then Grad-CAM: the model's picture changes, the image stays
+    for selector, label in [(".widget-toggle-buttons", "dilated"), (".widget-toggle-buttons", "Grad-CAM")]:
+        before = page.evaluate(VISIBLE_FRAME).split()
+        _click_option(page, selector, label)
+        after = page.evaluate(VISIBLE_FRAME).split()
+        assert after[0] == before[0] and after[1] != before[1], f"choosing {label!r} did not switch the map"
+
+    # the threshold slider moves Threshold-Grad-CAM's map, not Grad-CAM's (which has no threshold)
+    assert page.evaluate("(() => { const h = document.querySelector('.widget-slider .noUi-handle'); h.focus(); "
+                         "return document.activeElement === h; })()")
+    gradcam = page.evaluate(VISIBLE_FRAME)
+    page.press("ArrowRight", "ArrowRight", 39)
+    page.settle(0.5)
+    assert page.evaluate(VISIBLE_FRAME) == gradcam
+    _click_option(page, ".widget-toggle-buttons", "Threshold-Grad-CAM")
+    before = page.evaluate(VISIBLE_FRAME)
+    page.evaluate("document.querySelector('.widget-slider .noUi-handle').focus()")
+    page.press("ArrowLeft", "ArrowLeft", 37)
+    page.settle(0.5)
+    after = page.evaluate(VISIBLE_FRAME)
+    assert after.split()[0] == before.split()[0] and after != before, "the threshold slider did not switch the map"
+    path = page.screenshot(SCREENSHOTS / "widget_07_explorer.png", full_page=False)
+    print(f"screenshot: {path}")
