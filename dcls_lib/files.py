@@ -22,6 +22,16 @@ from tqdm.auto import tqdm
 PathLike = Union[str, os.PathLike]
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: mkstemp's 0600 would hide results from other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix); renamed onto ``path`` if the block succeeds,
@@ -32,6 +42,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
