@@ -26,11 +26,12 @@ import torch
 from .data.clickme import ClickMe, clickme_val
 from .data.synthclick import SynthClick
 from .evaluate import PixelNormalize, evaluate_alignment
+from .files import write_json, write_text
 from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
 from .models.small import VARIANTS
 from .runtime import current_profile, library_digest, run_info, runs_dir
-from .files import write_json, write_text
 from .train import TrainConfig, TrainRun, evaluate_accuracy, profile_config, synthclick_tensors, train
+from .viz import table_text
 
 EXPLAINERS = ("gradcam", "threshold-gradcam")
 
@@ -116,12 +117,9 @@ def markdown_table(summary: list[dict]) -> str:
             text += f" ± {entry[f'{key} std'] * scale:.1f}"
         return text
 
-    lines = ["| family | variant | seeds | test accuracy (%) | Grad-CAM alignment (%) | Threshold-Grad-CAM alignment (%) |",
-             "|---|---|---|---|---|---|"]
-    for e in summary:
-        lines.append(f"| {e['family']} | {e['variant']} | {e['seeds']} | {cell(e, 'test_acc')} | "
-                     f"{cell(e, 'gradcam')} | {cell(e, 'threshold-gradcam')} |")
-    return "\n".join(lines)
+    return table_text([{"family": e["family"], "variant": e["variant"], "seeds": e["seeds"],
+                        "test accuracy (%)": cell(e, "test_acc"), "Grad-CAM alignment (%)": cell(e, "gradcam"),
+                        "Threshold-Grad-CAM alignment (%)": cell(e, "threshold-gradcam")} for e in summary])
 
 
 @dataclass

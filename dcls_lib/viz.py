@@ -171,21 +171,25 @@ def plot_receptive_field(ax: plt.Axes, erf, title: Optional[str] = None, radius:
     return image
 
 
-def markdown_table(rows: Sequence[dict], caption: str = ""):
-    """Rows of dicts as a Markdown table (rendered as HTML by Jupyter and the book), caption below."""
-    from IPython.display import Markdown
-
+def table_text(rows: Sequence[dict]) -> str:
+    """Rows of dicts (the same keys, in the same order) as the text of a Markdown table."""
     if not rows:
-        raise ValueError("markdown_table needs at least one row")
+        raise ValueError("a table needs at least one row")
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if list(row) != header:
             raise ValueError(f"every row needs the columns {header}, got {list(row)}")
         lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |")
-    if caption:
-        lines += ["", f"<small>{caption}</small>"]
-    return Markdown("\n".join(lines))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict], caption: str = ""):
+    """Rows of dicts as a Markdown table (rendered as HTML by Jupyter and the book), caption below."""
+    from IPython.display import Markdown
+
+    text = table_text(rows)
+    return Markdown(f"{text}\n\n<small>{caption}</small>" if caption else text)
 
 
 def plot_tap_paths(ax: plt.Axes, positions: torch.Tensor, size: int, targets: Optional[torch.Tensor] = None) -> None:

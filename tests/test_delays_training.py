@@ -53,3 +53,15 @@ def test_command_line_writes_a_log(tmp_path, capsys):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="sigma schedule"):
         train_run(profile_config("smoke"), "learned", "sometimes", device="cpu", progress=False)
+
+
+def test_results_table_has_a_row_per_run():
+    from dcls_lib.snn.plots import results_table
+
+    runs = [{"delays": "none", "test_acc": 0.5, "train_seconds": 90, "history": [{"train_acc": 0.61}]},
+            {"delays": "learned", "sigma_schedule": "recipe", "test_acc": 0.875, "train_seconds": 30,
+             "history": [{"train_acc": 0.9, "test_acc_interpolated": 0.8}]}]
+    lines = results_table(runs).splitlines()
+    assert lines[0].startswith("| synapses | test accuracy (integer delays) |") and lines[1] == "|---|---|---|---|---|"
+    assert lines[2] == "| no delays | 0.500 | - | 0.610 | 1.5 |"
+    assert lines[3] == "| learned delays (sigma recipe) | 0.875 | 0.800 | 0.900 | 0.5 |"

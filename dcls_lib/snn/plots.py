@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import matplotlib.pyplot as plt
-from matplotlib import ticker
 import numpy as np
 import torch
+from matplotlib import ticker
 
+from ..viz import table_text
 from .delays import SigmaSchedule, SynapticDelays
 
 
@@ -70,17 +71,14 @@ def plot_task_samples(x: torch.Tensor, y: torch.Tensor, n_classes: int, label: s
 
 def results_table(runs: Sequence[dict]) -> str:
     """A Markdown table of the runs' final accuracies."""
-    lines = ["| synapses | test accuracy (integer delays) | same, interpolated kernel | train accuracy | minutes |",
-             "|---|---|---|---|---|"]
+    rows = []
     for run in runs:
         last = run["history"][-1]
         interpolated = last.get("test_acc_interpolated")
-        lines.append(
-            f"| {run_name(run)} | {run['test_acc']:.3f} | "
-            f"{'-' if interpolated is None else f'{interpolated:.3f}'} | {last['train_acc']:.3f} | "
-            f"{run['train_seconds'] / 60:.1f} |"
-        )
-    return "\n".join(lines)
+        rows.append({"synapses": run_name(run), "test accuracy (integer delays)": f"{run['test_acc']:.3f}",
+                     "same, interpolated kernel": "-" if interpolated is None else f"{interpolated:.3f}",
+                     "train accuracy": f"{last['train_acc']:.3f}", "minutes": f"{run['train_seconds'] / 60:.1f}"})
+    return table_text(rows)
 
 
 def plot_histories(runs: Sequence[dict], label: str, interpolated: bool = False):
