@@ -35,10 +35,10 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_no_unused_imports_or_undefined_names():
-    """pyflakes-class checks (ruff's F rules) over the library, tests, benchmarks and book scripts."""
+    """pyflakes-class checks (ruff's F rules) over the library, tests, benchmarks, book scripts and notebooks."""
     import subprocess
     import sys
 
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--output-format", "concise",
-                             "dcls_lib", "tests", "benchmarks", "book"], cwd=ROOT, capture_output=True, text=True)
+                             "dcls_lib", "tests", "benchmarks", "book", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

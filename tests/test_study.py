@@ -109,9 +109,7 @@ def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
     assert low <= float(row["mean difference"]) <= high
     assert len(score_distributions(results).axes) == 2
 
-    test = SynthClick("test", image_size=results.plan.configs()[0].image_size, seed=0, size=3)
-    images, labels, human = (torch.stack([test[i][k] for i in range(3)]) if k != 1 else
-                             torch.tensor([test[i][1] for i in range(3)]) for k in range(3))
+    images, labels, human = SynthClick("test", image_size=results.plan.configs()[0].image_size, seed=0, size=3).batch()
     fig = example_heatmaps(results, images, labels, human, "threshold-gradcam")
     assert len(fig.axes) == 3 * (2 + 2), "rows: image, human map and the two seed-0 models; a column per image"
     titles = [ax.get_title() for ax in fig.axes[6:]]

@@ -122,6 +122,19 @@ def test_transform_applies_to_the_image_only():
     assert torch.equal(normed[1][2], plain[1][2])
 
 
+def test_batch_stacks_the_items_it_names():
+    data = SynthClick("val", image_size=64, seed=3, size=6)
+    images, labels, human = data.batch([4, 1])
+    for k, i in enumerate([4, 1]):
+        image, label, human_map = data[i]
+        assert torch.equal(images[k], image) and labels[k].item() == label and torch.equal(human[k], human_map)
+    assert data.batch()[0].shape == (6, 3, 64, 64) and data.batch()[1].dtype == torch.int64
+    with pytest.raises(ValueError, match="at least one"):
+        data.batch([])
+    with pytest.raises(IndexError):
+        data.batch([6])
+
+
 # ---------------------------------------------------------------------------------------------
 # The design: what makes a class, and no shortcut around the diagnostic parts
 # ---------------------------------------------------------------------------------------------

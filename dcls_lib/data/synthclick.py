@@ -74,6 +74,7 @@ import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -568,6 +569,14 @@ class SynthClick(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.label_of(index), human_map
+
+    def batch(self, indices: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Items ``indices`` (default: all) stacked: images (N, 3, H, W), labels (N,), human maps (N, H, W)."""
+        items = [self[i] for i in (range(len(self)) if indices is None else indices)]
+        if not items:
+            raise ValueError("batch needs at least one index")
+        images, labels, human_maps = zip(*items)
+        return torch.stack(images), torch.tensor(labels), torch.stack(human_maps)
 
     def sample(self, index: int) -> SynthClickSample:
         """Item ``index`` with its part mask and scene (always regenerated, never cached)."""
