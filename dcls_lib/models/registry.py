@@ -122,7 +122,13 @@ def _resolve_cfg(study: StudyModel, pretrained_cfg, overlay: Optional[dict]) -> 
             raise ValueError(f"{name!r} has no pretrained config; the published one is {study.dcls_name}.authors_in1k")
         pretrained_cfg = resolved
     cfg = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg)
-    cfg.update(overlay or {})
+    overlay = dict(overlay or {})
+    if overlay.get("url") or overlay.get("hf_hub_id"):
+        raise ValueError(
+            f"{study.dcls_name} loads its published file or a local one (pretrained_cfg_overlay=dict(file=PATH)); "
+            "another url or hub id is not supported"
+        )
+    cfg.update(overlay)
     return cfg
 
 
@@ -157,11 +163,6 @@ def adapt_published_state_dict(state_dict: dict, model: nn.Module, cfg: dict) ->
 def _load_published(model: nn.Module, name: str, cfg: dict, directory) -> None:
     """Load the published checkpoint (or the overlay's local ``file``), adapted to the model's head and stem."""
     spec = published_checkpoint(name)
-    if not cfg.get("file") and (cfg.get("url") != spec.url or cfg.get("hf_hub_id")):
-        raise ValueError(
-            f"{name} loads its published file ({spec.url}) or a local file "
-            "(pretrained_cfg_overlay=dict(file=PATH)); another url or hub id is not supported"
-        )
     file = resolve_checkpoint(name, cfg.get("file"), directory)
     what = f"checkpoint {file}"
     state_dict = extract_state_dict(read_checkpoint(file), spec.state_keys, what)
