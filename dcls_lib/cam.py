@@ -1,6 +1,7 @@
 """The study's two heatmaps, Grad-CAM and Threshold-Grad-CAM, as the study defines them.
 
-From the activations ``A`` (B, C, h, w) of a target layer and the gradients ``dy_c/dA`` of each
+From the activations ``A`` (B, C, h, w) of a target layer (or (B, C, L) for time series and
+(B, C, d, h, w) for volumes: everything here works over 1, 2 or 3 spatial dimensions) and the gradients ``dy_c/dA`` of each
 image's ground-truth logit, with ``alpha_k`` the spatial mean of channel k's gradient:
 
 - **Grad-CAM** (study): ``relu(mean_k alpha_k A_k)``, no normalisation, resized to the input size.
@@ -9,6 +10,13 @@ image's ground-truth logit, with ``alpha_k`` the spatial mean of channel k's gra
   (0.3) raised to it, resized to the input size.  A constant map (all zero, say: no channel
   contributes) normalises to 0 and so comes out as the constant ``threshold``; the study's code
   divided by zero there and produced NaN.
+
+``eigen_smooth=True`` does what it does in pytorch-grad-cam's methods: the channel reduction is
+replaced by the projection of the weighted channels ``alpha_k A_k`` on their first principal component
+(pytorch-grad-cam's ``get_2d_projection``).  The rest of each map is unchanged: Grad-CAM applies its
+ReLU to the projection; Threshold-Grad-CAM min-max normalises it and floors it at the threshold, so
+its per-channel ReLU is what the projection replaces.  The sign of a principal component is
+arbitrary (pytorch-grad-cam leaves it so too): a smoothed map can come out inverted.
 
 What "gradcam" means in this library.  pytorch-grad-cam's ``GradCAM`` sums channels instead of
 averaging them and min-max normalises its map (with a 1e-7 guard) before resizing with OpenCV.
@@ -36,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
 
 EXPLAINERS = ("gradcam", "threshold-gradcam")
@@ -48,37 +57,62 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _check_layer_tensors(activations: Tensor, gradients: Tensor) -> None:
-    if activations.dim() != 4:
+_SHAPES = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+_RESIZE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _check_layer_tensors(activations: Tensor, gradients: Tensor, size: Optional[Sequence[int]] = None) -> None:
+    spatial = activations.dim() - 2 if size is None else len(size)
+    if spatial not in _SHAPES or activations.dim() != spatial + 2:
         raise ValueError(
-            "target-layer activations must be (B, C, H, W); got shape "
+            f"target-layer activations must be {_SHAPES.get(spatial, '(B, C, *spatial)')} like the input; got shape "
             f"{tuple(activations.shape)} (pass a reshape_transform for token or channels-last layers)"
         )
     if gradients.shape != activations.shape:
         raise ValueError(f"gradients {tuple(gradients.shape)} do not match activations {tuple(activations.shape)}")
 
 
+def weighted_channels(activations: Tensor, gradients: Tensor) -> Tensor:
+    """``alpha_k A_k`` for every channel k, ``alpha_k`` the spatial mean of channel k's gradient:
+    (B, C, *spatial), the terms both maps are made of."""
+    alpha = gradients.mean(dim=tuple(range(2, gradients.dim())), keepdim=True)  # (B, C, 1, ...)
+    return alpha * activations
+
+
+def _spatial_dims(maps: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, maps.dim()))  # maps are (B, *spatial)
+
+
 def resize_maps(maps: Tensor, size: Optional[Sequence[int]]) -> Tensor:
-    """Bilinear resize of (B, h, w) maps to ``size`` as torchvision's ``Resize`` does on tensors."""
-    if size is None or tuple(maps.shape[-2:]) == tuple(size):
+    """Resize (B, *spatial) maps to ``size``: bilinear as torchvision's ``Resize`` does on tensors (with
+    antialiasing); linear for time series and trilinear for volumes."""
+    if size is None or tuple(maps.shape[1:]) == tuple(size):
         return maps
-    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    mode = _RESIZE_MODES[len(size)]
+    return F.interpolate(maps[:, None], size=tuple(size), mode=mode, align_corners=False, antialias=mode == "bilinear")[:, 0]
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
-    """Per-map min-max scaling to [0, 1]; a constant map becomes all zeros instead of 0/0."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    """Per-map min-max scaling of (B, *spatial) maps to [0, 1]; a constant map becomes all zeros instead of 0/0."""
+    low = maps.amin(dim=_spatial_dims(maps), keepdim=True)
+    span = maps.amax(dim=_spatial_dims(maps), keepdim=True) - low
     flat = span <= 0
     return torch.where(flat, 0.0, (maps - low) / torch.where(flat, 1.0, span))
 
 
-def gradcam_map(activations: Tensor, gradients: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
+def _principal_projection(terms: Tensor) -> Tensor:
+    """The terms (B, C, *spatial) projected on their first principal component: (B, *spatial)."""
+    return torch.from_numpy(get_2d_projection(terms.detach().cpu().numpy())).to(terms.device)
+
+
+def gradcam_map(
+    activations: Tensor, gradients: Tensor, size: Optional[Sequence[int]] = None, eigen_smooth: bool = False
+) -> Tensor:
     """The study's Grad-CAM: ``relu(mean_k alpha_k A_k)``, unnormalised, resized to ``size``; float32."""
-    _check_layer_tensors(activations, gradients)
-    activations, gradients = activations.float(), gradients.float()
-    alpha = gradients.mean(dim=(2, 3), keepdim=True)
-    return resize_maps(torch.relu((alpha * activations).mean(dim=1)), size)
+    _check_layer_tensors(activations, gradients, size)
+    terms = weighted_channels(activations.float(), gradients.float())
+    cam = _principal_projection(terms) if eigen_smooth else terms.mean(dim=1)
+    return resize_maps(torch.relu(cam), size)
 
 
 def threshold_gradcam_map(
@@ -86,13 +120,13 @@ def threshold_gradcam_map(
     gradients: Tensor,
     size: Optional[Sequence[int]] = None,
     threshold: float = DEFAULT_THRESHOLD,
+    eigen_smooth: bool = False,
 ) -> Tensor:
     """Threshold-Grad-CAM: ``mean_k relu(alpha_k A_k)``, min-max per image, floored at ``threshold``, resized."""
     threshold = _check_threshold(threshold)
-    _check_layer_tensors(activations, gradients)
-    activations, gradients = activations.float(), gradients.float()
-    alpha = gradients.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu(alpha * activations).mean(dim=1)
+    _check_layer_tensors(activations, gradients, size)
+    terms = weighted_channels(activations.float(), gradients.float())
+    cam = _principal_projection(terms) if eigen_smooth else torch.relu(terms).mean(dim=1)
     return resize_maps(minmax_normalize(cam).clamp_min(threshold), size)
 
 
@@ -102,19 +136,23 @@ def explain(
     gradients: Tensor,
     size: Optional[Sequence[int]] = None,
     threshold: float = DEFAULT_THRESHOLD,
+    eigen_smooth: bool = False,
 ) -> Tensor:
     """The map named ``explainer`` ("gradcam" or "threshold-gradcam") from a layer's activations and gradients."""
     if explainer == "gradcam":
-        return gradcam_map(activations, gradients, size)
+        return gradcam_map(activations, gradients, size, eigen_smooth)
     if explainer == "threshold-gradcam":
-        return threshold_gradcam_map(activations, gradients, size, threshold)
+        return threshold_gradcam_map(activations, gradients, size, threshold, eigen_smooth)
     raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
 
 
 class _StudyBaseCAM(BaseCAM):
     """BaseCAM with its per-layer ReLU, min-max and OpenCV resize replaced by one of the study's maps.
 
-    With several target layers the per-layer maps (each already the study's map) are averaged.
+    With several target layers the per-layer maps (each already the study's map) are averaged.  A
+    target layer that runs more than once in a forward pass contributes its first call's activations
+    and gradients, as pytorch-grad-cam's ``GradCAM`` does.  Inputs may be 1-D (B, C, L), images or
+    volumes (B, C, D, H, W); the maps have the input's spatial size.
     """
 
     explainer: str
@@ -141,8 +179,6 @@ class _StudyBaseCAM(BaseCAM):
         return False
 
     def forward(self, input_tensor: Tensor, targets, eigen_smooth: bool = False) -> np.ndarray:
-        if eigen_smooth:
-            raise ValueError("eigen_smooth is not part of the study's definition of this map")
         if targets is not None and len(targets) != input_tensor.shape[0]:
             raise ValueError(
                 f"targets must have one entry per image: got {len(targets)} for a batch of {input_tensor.shape[0]}"
@@ -152,14 +188,13 @@ class _StudyBaseCAM(BaseCAM):
         return super().forward(input_tensor, targets, eigen_smooth)
 
     def compute_cam_per_layer(self, input_tensor: Tensor, targets, eigen_smooth: bool) -> list:
-        size = tuple(input_tensor.shape[-2:])
+        size = tuple(input_tensor.shape[2:])
         store = self.activations_and_grads
-        if len(store.gradients) != len(self.target_layers):
+        if len(store.gradients) < len(self.target_layers) or len(store.gradients) != len(store.activations):
             raise RuntimeError("no gradient reached a target layer: does the model's output depend on it?")
-        return [
-            explain(self.explainer, a, g, size, self.threshold).cpu().numpy()[:, None]
-            for a, g in zip(store.activations, store.gradients)
-        ]
+        # calls are recorded in forward order (gradients too, once backward is done): the first ones, as GradCAM
+        first = list(zip(store.activations, store.gradients))[: len(self.target_layers)]
+        return [explain(self.explainer, a, g, size, self.threshold, eigen_smooth).cpu().numpy()[:, None] for a, g in first]
 
     def aggregate_multi_layers(self, cam_per_target_layer: list) -> np.ndarray:
         return np.mean(np.concatenate(cam_per_target_layer, axis=1), axis=1).astype(np.float32)
@@ -228,7 +263,7 @@ class StudyCAM:
     def __call__(self, images: Tensor, labels: Tensor, size: Optional[Sequence[int]] = None) -> Tensor:
         """Maps (B, H, W) of the ``labels`` logits, resized to ``size`` (default: the images' size)."""
         activations, gradients = self.layer_tensors(images, labels)
-        size = tuple(images.shape[-2:]) if size is None else tuple(size)
+        size = tuple(images.shape[2:]) if size is None else tuple(size)
         return explain(self.explainer, activations, gradients, size, self.threshold)
 
     def layer_tensors(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

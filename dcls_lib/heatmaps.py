@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, explain
+from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, explain, weighted_channels
 from .metrics import alignment_from_correlations, spearman
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "threshold-gradcam": "Threshold-Grad-CAM"}
@@ -72,8 +72,7 @@ class LayerTensors:
 
     def weighted_channels(self) -> Tensor:
         """``alpha_k A_k`` for every channel k: (B, C, h, w), the terms both maps are made of."""
-        alpha = self.gradients.mean(dim=(2, 3), keepdim=True)
-        return alpha * self.activations
+        return weighted_channels(self.activations, self.gradients)
 
 
 def layer_tensors(

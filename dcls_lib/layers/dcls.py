@@ -44,9 +44,19 @@ def _positive_int(value, name: str) -> int:
 
 
 class DclsNd(nn.Module):
-    """The base of Dcls1d/2d/3d (use it for isinstance checks); ``ndim`` is set by each subclass."""
+    """The base of Dcls1d/2d/3d (use it for isinstance checks); ``ndim`` is set by each subclass.
+
+    State dicts carry the layer's convention in their metadata: ``model.state_dict()`` records
+    ``version`` 2 for these layers (``_version``).  A state dict whose metadata records an older
+    version was saved by a DCLS layer that predates the marker, the reference library's (whose axis
+    conventions differ) or this library's before it had one; the two cannot be told apart, so loading
+    it is refused and the message says how to load either.  A state dict without metadata (built by
+    hand, by ``from_reference_state_dict`` or the published-checkpoint loaders, read from safetensors)
+    is taken to be in this library's convention.
+    """
 
     ndim: int
+    _version = 2  # 1 (and the reference library's modules): positions of unknown convention
 
     def __init__(
         self,
@@ -186,6 +196,29 @@ class DclsNd(nn.Module):
         if self.bias is not None:
             dense.bias.copy_(self.bias)
         return dense
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        version = local_metadata.get("version")
+        if version is not None and version < self._version and any(prefix + p in state_dict for p in ("P", "SIG")):
+            raise ValueError(
+                f"{prefix or 'the state dict'}: saved by a DCLS layer of state-dict version {version}, which "
+                f"this {type(self).__name__} (version {self._version}) cannot read as it is: from the reference "
+                "library `dcls`, convert it with dcls_lib.from_reference_state_dict(state_dict, version, ndim) "
+                "(or layer.load_reference_state_dict); saved by dcls_lib before the marker, load dict(state_dict), "
+                "which drops the metadata"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def __prepare_scriptable__(self):
+        """Refuse ``torch.jit.script`` with the way that works (TorchScript cannot compile the kernel's construction).
+
+        Models made by ``timm.create_model("<name>_dcls")`` script as their dense equivalent instead.
+        """
+        raise NotImplementedError(
+            f"torch.jit.script cannot compile {type(self).__name__} (its kernel construction uses Python that "
+            "TorchScript lacks); script the equivalent dense model, dcls_lib.models.to_dense(copy.deepcopy(model)) "
+            "(inference, taps frozen), or use torch.export, which traces DCLS layers as they are"
+        )
 
     def load_reference_state_dict(self, state_dict, strict: bool = True):
         """Load a state dict saved by the reference library (its axis convention) into this layer."""

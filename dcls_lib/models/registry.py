@@ -1,24 +1,71 @@
 """The study's DCLS models as timm names: ``timm.create_model("convnext_tiny_dcls")`` after ``import dcls_lib``.
 
 Each ``<timm name>_dcls`` builds timm's model and converts it with the published settings (dilated
-size, taps, version); ``pretrained=True`` loads the authors' checkpoint through ``load_pretrained``.
-The DCLS settings can be overridden with ``dilated_kernel_size=``, ``kernel_count=``, ``version=``
-and ``share_positions=`` (a pretrained load then fails unless they match the checkpoint).
+size, taps, version); ``pretrained=True`` loads the authors' checkpoint through the project's mapping
+of their layout.  The DCLS settings can be overridden with ``dilated_kernel_size=``,
+``kernel_count=``, ``version=`` and ``share_positions=`` (a pretrained load then fails unless they
+match the checkpoint).
+
+They take timm's usual arguments and behave as timm's baselines do:
+
+- ``features_only=True`` (with ``out_indices=``, ``feature_cls="list"|"dict"``): the model is
+  converted first and then wrapped as timm wraps the baseline, so the feature maps come from DCLS layers.
+- ``pretrained=True`` with ``num_classes=`` (another head, or 0 for none) and ``in_chans=``: the
+  published weights are loaded, the classifier is left freshly initialised (or dropped), and the stem's
+  weights are summed or repeated over input channels as timm's ``adapt_input_conv`` does.
+- ``pretrained_cfg_overlay=dict(file=PATH)`` reads a local copy of the published file.
+- ``checkpoint_path=PATH`` (timm loads it with ``load_state_dict`` after building): a state dict in the
+  authors' published layout is recognised and mapped (names, reference positions) exactly as
+  ``pretrained=True`` maps it; one in the model's own names loads as it is; either way it is checked
+  first (missing, unexpected, mis-shaped keys, and shared positions given different values), so
+  nothing loads silently wrong.
+- ``torch.jit.script(model)`` compiles the model's dense equivalent (``to_dense`` of a copy): inference
+  with the taps frozen where they are; the eager model keeps its DCLS layers.  DCLS layers themselves
+  refuse scripting with a message that says this; ``torch.export`` traces them as they are.
+- fx: the DCLS layers are registered as leaf modules with timm, so timm's fx feature extraction
+  (``feature_cls="fx"`` style graph nets, ``create_feature_extractor``) traces around them.
 """
 
 from __future__ import annotations
 
+import copy
+import types
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import timm
-from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.layers import register_notrace_module
+from timm.models import FeatureDictNet, FeatureListNet, adapt_input_conv, clean_state_dict, generate_default_cfgs
+from timm.models import get_pretrained_cfg, register_model
+from timm.models._builder import pretrained_cfg_for_features
 from torch import nn
 
-from .checkpoints import PUBLISHED, load_pretrained
-from .convert import convert_to_dcls
+from ..layers import Dcls1d, Dcls2d, Dcls3d
+from .checkpoints import (
+    PUBLISHED,
+    check_state_dict,
+    extract_state_dict,
+    load_pretrained,
+    map_state_dict,
+    published_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+)
+from .convert import convert_to_dcls, to_dense
 
 _DCLS_OPTIONS = ("dilated_kernel_size", "kernel_count", "version", "share_positions")
+
+for _layer in (Dcls1d, Dcls2d, Dcls3d):
+    register_notrace_module(_layer)  # timm's fx tracing keeps them whole (their forward checks inputs)
+
+# How timm wraps each family's baseline for ``features_only`` (its ``feature_cfg`` per family).
+_FEATURE_CFG = {
+    "resnet": dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=False),
+    "convnext": dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+    "metaformer": dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+    "fastvit": dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+}
+_FEATURE_CLASSES = {"list": FeatureListNet, "dict": FeatureDictNet}
 
 
 @dataclass(frozen=True)
@@ -66,22 +113,133 @@ def _dcls_cfg(model: StudyModel) -> dict:
 default_cfgs = generate_default_cfgs({f"{m.dcls_name}.authors_in1k": _dcls_cfg(m) for m in STUDY_MODELS.values()})
 
 
+def _resolve_cfg(study: StudyModel, pretrained_cfg, overlay: Optional[dict]) -> dict:
+    """The model's pretrained config as a dict: timm's tag, config object or dict, then the overlay."""
+    if pretrained_cfg is None or isinstance(pretrained_cfg, str):
+        name = study.dcls_name if not pretrained_cfg else f"{study.dcls_name}.{pretrained_cfg}"
+        resolved = get_pretrained_cfg(name)
+        if resolved is None:
+            raise ValueError(f"{name!r} has no pretrained config; the published one is {study.dcls_name}.authors_in1k")
+        pretrained_cfg = resolved
+    cfg = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg)
+    overlay = dict(overlay or {})
+    if overlay.get("url") or overlay.get("hf_hub_id"):
+        raise ValueError(
+            f"{study.dcls_name} loads its published file or a local one (pretrained_cfg_overlay=dict(file=PATH)); "
+            "another url or hub id is not supported"
+        )
+    cfg.update(overlay)
+    return cfg
+
+
+def _names(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value or ())
+
+
+def adapt_published_state_dict(state_dict: dict, model: nn.Module, cfg: dict) -> dict:
+    """Fit published weights to a model built with another ``in_chans`` or ``num_classes``, as timm does.
+
+    The stem (``cfg["first_conv"]``) is summed or repeated over input channels (``adapt_input_conv``);
+    with another class count the classifier (``cfg["classifier"]``) keeps the model's fresh weights, and
+    head entries the model no longer has (``num_classes=0``) are dropped.  Everything else must fit.
+    """
+    own = model.state_dict()
+    adapted = dict(state_dict)
+    for name in _names(cfg.get("first_conv")):
+        key = f"{name}.weight"
+        if key in adapted and key in own and adapted[key].shape[1] != own[key].shape[1]:
+            adapted[key] = adapt_input_conv(own[key].shape[1], adapted[key])
+    if getattr(model, "num_classes", cfg.get("num_classes")) != cfg.get("num_classes"):
+        for name in _names(cfg.get("classifier")):
+            head = name.split(".")[0] + "."
+            for key in [k for k in adapted if k.startswith(head)]:
+                if key not in own:
+                    del adapted[key]
+                elif key.startswith(name + "."):
+                    adapted[key] = own[key]
+    return adapted
+
+
+def _load_published(model: nn.Module, name: str, cfg: dict, directory) -> None:
+    """Load the published checkpoint (or the overlay's local ``file``), adapted to the model's head and stem."""
+    spec = published_checkpoint(name)
+    file = resolve_checkpoint(name, cfg.get("file"), directory)
+    what = f"checkpoint {file}"
+    state_dict = extract_state_dict(read_checkpoint(file), spec.state_keys, what)
+    mapped = adapt_published_state_dict(map_state_dict(state_dict, model, spec.layout, spec.reference_version), model, cfg)
+    check_state_dict(model, mapped, what)
+    model.load_state_dict(mapped)
+
+
+class PublishedLayoutRouter:
+    """A ``load_state_dict`` pre-hook that reads the authors' published layout as ``pretrained=True`` does.
+
+    timm's ``create_model(..., checkpoint_path=PATH)`` hands the file's state dict to
+    ``model.load_state_dict``.  In the model's own names it loads as it is; otherwise it is mapped
+    from the published layout (names, reference positions) with ``map_state_dict``.  Strict loads are
+    checked with ``check_state_dict`` first, which also refuses positions that the model shares but
+    the state dict gives different values (plain ``load_state_dict`` would keep the last silently).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if prefix or not strict:  # nested in a bigger model, or a partial load: the caller knows the names
+            return
+        own = set(module.state_dict())
+        cleaned = clean_state_dict(dict(state_dict))  # drops DataParallel's module. and compile's _orig_mod.
+        if not set(cleaned) <= own:
+            spec = published_checkpoint(self.name)
+            cleaned = map_state_dict(cleaned, module, spec.layout, spec.reference_version)
+        check_state_dict(module, cleaned, "state dict")
+        state_dict.clear()
+        state_dict.update(cleaned)
+
+
+def _wrap_features(model: nn.Module, out_indices, feature_cls) -> nn.Module:
+    """The converted model wrapped for ``features_only`` as timm wraps the baseline."""
+    cfg = dict(_FEATURE_CFG[model.dcls_spec.family])
+    if out_indices is not None:
+        cfg["out_indices"] = out_indices
+    wrapper = FeatureListNet if feature_cls is None else _FEATURE_CLASSES.get(feature_cls, feature_cls)
+    if wrapper not in _FEATURE_CLASSES.values():
+        raise ValueError(f"feature_cls must be one of {sorted(_FEATURE_CLASSES)} for the _dcls models, got {feature_cls!r}")
+    if getattr(model, "output_fmt", None) is not None:
+        cfg["output_fmt"] = model.output_fmt
+    features = wrapper(model, **cfg)
+    for key in ("_traits", "in_chans"):
+        if hasattr(model, key):
+            setattr(features, key, getattr(model, key))
+    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    features.dcls_spec = model.dcls_spec
+    return features
+
+
+def _scriptable_copy(model: nn.Module) -> nn.Module:
+    """What ``torch.jit.script`` compiles for a ``_dcls`` model: a dense copy (the model itself is untouched)."""
+    return to_dense(copy.deepcopy(model))
+
+
 def _create(study: StudyModel, pretrained: bool, kwargs: dict) -> nn.Module:
-    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
+    cfg = _resolve_cfg(study, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
     directory = kwargs.pop("cache_dir", None)
+    features_only = kwargs.pop("features_only", False)
+    out_indices, feature_cls = kwargs.pop("out_indices", None), kwargs.pop("feature_cls", None)
     options = dict(
         dilated_kernel_size=study.dilated_kernel_size, kernel_count=study.kernel_count, version=study.version
     )
     options.update({k: kwargs.pop(k) for k in _DCLS_OPTIONS if k in kwargs})
     model = timm.create_model(study.base, pretrained=False, **kwargs)
     convert_to_dcls(model, **options)
-    if pretrained_cfg is None:
-        pretrained_cfg = get_pretrained_cfg(study.dcls_name)
-    cfg = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg)
     model.pretrained_cfg = model.default_cfg = cfg
+    model.register_load_state_dict_pre_hook(PublishedLayoutRouter(study.dcls_name))
     if pretrained:
-        load_pretrained(model, study.dcls_name, directory=directory)
+        _load_published(model, study.dcls_name, cfg, directory)
+    if features_only:
+        model = _wrap_features(model, out_indices, feature_cls)
+    # torch.jit.script swaps submodules in place for what __prepare_scriptable__ returns: do it on a copy
+    model.__prepare_scriptable__ = types.MethodType(_scriptable_copy, model)
     return model
 
 
