@@ -17,6 +17,7 @@ from torch import nn
 from timm.layers import trunc_normal_
 
 from ..layers import Dcls2d, get_interpolation
+from ..validation import check_positive_int
 from .families import DCLS_TYPES, ConvSite, Family, detect_family
 
 
@@ -114,8 +115,8 @@ def convert_to_dcls(
         kernel_count = defaults.kernel_count
     elif kernel_count == "iso":
         kernel_count = iso_kernel_count(model, version, share_positions)
-    elif not isinstance(kernel_count, int) or isinstance(kernel_count, bool) or kernel_count < 1:
-        raise ValueError(f"kernel_count must be a positive int, None or 'iso', got {kernel_count!r}")
+    else:
+        check_positive_int(kernel_count=kernel_count)
 
     sites = _sites_or_fail(model, family)
     for site in sites:
@@ -195,8 +196,8 @@ def convert_to_dilated(model: nn.Module, dilation: Optional[int] = None) -> nn.M
     uses ``default_dilation``.
     """
     family = detect_family(model)
-    if dilation is not None and (not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1):
-        raise ValueError(f"dilation must be a positive int or None, got {dilation!r}")
+    if dilation is not None:
+        check_positive_int(dilation=dilation)
     for site in _sites_or_fail(model, family):
         conv = site.conv
         k = conv.kernel_size[0]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import Dcls1d, construct_kernel, position_limits
+from ..validation import check_positive_int
 
 TRAIN_VERSIONS = ("gauss", "max")
 FINAL_SIGMA = 0.23  # where the published schedule ends (Gaussian width |SIG| + 0.27 = 0.5 step)
@@ -72,8 +73,7 @@ class SynapticDelays(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if not isinstance(max_delay, int) or isinstance(max_delay, bool) or max_delay < 1:
-            raise ValueError(f"max_delay must be a positive int (time steps), got {max_delay!r}")
+        check_positive_int(max_delay=max_delay)
         if version not in TRAIN_VERSIONS:
             raise ValueError(f"version must be one of {TRAIN_VERSIONS} (interpolations with a SIG), got {version!r}")
         if not isinstance(tail, int) or isinstance(tail, bool) or tail < 0:

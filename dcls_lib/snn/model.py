@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import check_positive_int
 from .delays import SynapticDelays
 from .lif import LIF, LeakyReadout
 
@@ -43,8 +44,7 @@ class DelaySNN(nn.Module):
         super().__init__()
         if delays not in DELAY_KINDS:
             raise ValueError(f"delays must be one of {DELAY_KINDS}, got {delays!r}")
-        if n_hidden_layers < 1:
-            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers!r}")
+        check_positive_int(n_hidden_layers=n_hidden_layers)
         self.delay_kind = delays
         span = 1 if delays == "none" else max_delay
 

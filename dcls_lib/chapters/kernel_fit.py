@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layers import DclsNd
+from ..layers import DclsNd
 
 
 @dataclass

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from matplotlib import ticker
 
-from ..viz import table_text
-from .delays import SigmaSchedule, SynapticDelays
+from ..recipe import SigmaSchedule
+from ..snn.delays import SynapticDelays
+from ..tables import table_text
 
 
 def _caption(fig, label: str) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .layers import construct_kernel, get_interpolation
+from ..layers import construct_kernel, get_interpolation
 
 
 def tap_kernel(version: str, size: int, position: Sequence[float] | Tensor, sigma: Optional[float] = None) -> Tensor:

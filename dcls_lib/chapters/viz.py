@@ -17,6 +17,8 @@ import torch
 from matplotlib.colors import TwoSlopeNorm
 from PIL import Image
 
+from ..tables import table_text
+
 LABEL_STYLE = {"fontsize": 7, "color": "0.35", "ha": "left", "va": "top"}
 
 
@@ -169,19 +171,6 @@ def plot_receptive_field(ax: plt.Axes, erf, title: Optional[str] = None, radius:
     if title:
         ax.set_title(title, fontsize=9)
     return image
-
-
-def table_text(rows: Sequence[dict]) -> str:
-    """Rows of dicts (the same keys, in the same order) as the text of a Markdown table."""
-    if not rows:
-        raise ValueError("a table needs at least one row")
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        if list(row) != header:
-            raise ValueError(f"every row needs the columns {header}, got {list(row)}")
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |")
-    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[dict], caption: str = ""):

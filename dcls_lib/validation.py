@@ -1,0 +1,12 @@
+"""Argument checks shared by the library: one clear error that names the argument."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+
+def check_positive_int(**values) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` that is not a positive int (``True`` is not a count)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
