@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dcls_lib import Dcls2d
-from dcls_lib.receptive_field import (
+from dcls_lib.chapters.receptive_field import (
     conv_stack,
     effective_receptive_field,
     footprint,

@@ -75,7 +75,7 @@ def test_figures_and_tables_of_a_study(tiny_study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dcls_lib.study_plots import accuracy_rows, alignment_bars, position_maps, spread_over_training, training_curves
+    from dcls_lib.chapters.study_plots import accuracy_rows, alignment_bars, position_maps, spread_over_training, training_curves
 
     _, results = tiny_study
     curves = training_curves(results)
@@ -96,7 +96,7 @@ def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dcls_lib.study_plots import example_heatmaps, paired_differences, per_image_scores, score_distributions
+    from dcls_lib.chapters.study_plots import example_heatmaps, paired_differences, per_image_scores, score_distributions
 
     _, results = tiny_study
     scores = per_image_scores(results, "gradcam")

@@ -399,15 +399,17 @@ def test_describe_names_every_class_and_its_evidence():
 
 
 def test_show_examples_draws_a_grid():
+    from dcls_lib.chapters.synthclick_plots import show_examples
+
     ds = SynthClick("val", 64, size=36)
-    fig = sc.show_examples(ds, n_per_class=2, classes=[0, 5, 11])
+    fig = show_examples(ds, n_per_class=2, classes=[0, 5, 11])
     assert len(fig.axes) == 6
-    fig = sc.show_examples(ds, n_per_class=1, classes=[3], overlay=False)
+    fig = show_examples(ds, n_per_class=1, classes=[3], overlay=False)
     assert len(fig.axes) == 2
     with pytest.raises(ValueError, match="classes"):
-        sc.show_examples(ds, classes=[12])
+        show_examples(ds, classes=[12])
     with pytest.raises(ValueError, match="too few"):
-        sc.show_examples(ds, n_per_class=4)
+        show_examples(ds, n_per_class=4)
     matplotlib.pyplot.close("all")
 
 

@@ -109,20 +109,19 @@ def plot_tap_frame(
     landscape: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     sigma: Optional[float] = None,
     derivative_limit: Optional[float] = None,
-    label: Optional[str] = None,
     title: Optional[str] = None,
 ) -> plt.Figure:
     """One frame of the moving-tap explorer: the kernel of a tap at (0, ``column``), the derivative
     of the kernel with respect to the tap's column, and the loss ||K - target||^2 with its gradient
     along the row (``landscape`` = (columns, losses, gradients), as from ``tap_gradient.loss_landscape``).
     """
-    from .tap_gradient import kernel_position_derivative, tap_kernel
+    from .tap_gradient import kernel_position_derivative, tap_kernel, tap_loss
 
     position = (0.0, float(column))
     kernel = tap_kernel(version, size, position, sigma)
     dk = kernel_position_derivative(version, size, position, sigma)[1]
     columns, losses, grads = (t.detach().cpu().numpy() for t in landscape)
-    loss_here = float(((kernel - target.to(kernel)) ** 2).sum())
+    loss_here = float(tap_loss(version, size, position, target, sigma))
     grad_here = float(np.interp(column, columns, grads))
 
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1), gridspec_kw={"width_ratios": [1, 1, 1.5]})
@@ -148,8 +147,6 @@ def plot_tap_frame(
     ax.set_title(f"loss {loss_here:.3f}, gradient {grad_here:+.3f}", fontsize=9)
     fig.suptitle(title or version, fontsize=10)
     fig.subplots_adjust(left=0.04, right=0.93, top=0.82, bottom=0.16, wspace=0.35)
-    if label:
-        label_figure(fig, label)
     return fig
 
 
