@@ -64,7 +64,7 @@ def test_cost_rows_measure_every_layer_against_the_first():
                       "dcls": lambda: Dcls2d(4, 4, 2, dilated_kernel_size=5, padding=2, groups=4)}, x, repeats=1)
     assert [r["layer (depthwise)"] for r in rows] == ["dense 3x3", "dcls"]
     assert rows[0]["fwd+bwd / dense 3x3"] == "1.00x"
-    assert rows[0]["positions & widths"] == "-" and rows[1]["positions & widths"] == f"{2 * 4 * 2:,}"
+    assert rows[0]["positions & widths"] == "-" and rows[1]["positions & widths"] == f"{2 * (2 * 4 * 2)}"  # P and SIG: (2 axes, 4 filters, 2 taps)
     assert rows[1]["saved for backward"] == f"{4 * 5 * 5 * 4 / 2**10:,.1f} KiB"  # the dense kernel
 
 
