@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DclsNd
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 FINAL_SIGMA = 0.23  # where the published schedules end (Gaussian width |SIG| + 0.27 = 0.5 cell)
 DECAYS = ("exponential", "linear")
@@ -131,8 +131,7 @@ class SigmaSchedule:
     def __post_init__(self):
         if self.start < 0 or self.end < 0 or self.decay_epochs < 0:
             raise ValueError(f"SigmaSchedule needs start, end, decay_epochs >= 0, got {self}")
-        if self.decay not in DECAYS:
-            raise ValueError(f"SigmaSchedule decay must be one of {DECAYS}, got {self.decay!r}")
+        check_choice("SigmaSchedule decay", self.decay, DECAYS)
 
     @classmethod
     def exponential(cls, dilated_kernel_size: int, epochs: int) -> "SigmaSchedule":
@@ -163,6 +162,5 @@ class SigmaSchedule:
 
 def sigma_schedule(decay: str, dilated_kernel_size: int, epochs: int) -> SigmaSchedule:
     """The decaying schedule named ``decay`` (one of ``DECAYS``) for a kernel size and run length."""
-    if decay not in DECAYS:
-        raise ValueError(f"sigma schedule must be one of {DECAYS}, got {decay!r}")
+    check_choice("sigma schedule", decay, DECAYS)
     return getattr(SigmaSchedule, decay)(dilated_kernel_size, epochs)

@@ -35,6 +35,7 @@ from .models.small import VARIANTS
 from .runtime import current_profile, resolve_device, results_digest, run_info, runs_dir
 from .tables import table_text
 from .train import TrainConfig, TrainRun, evaluate_accuracy, load_run, profile_config, train
+from .validation import check_choice
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,7 @@ def run_study(
     """Train (or resume, or reload) every run of the plan, score it, and write study.json / study.md."""
     if plan is None:
         profile = profile or current_profile()
-        if profile not in PLANS:
-            raise ValueError(f"profile must be one of {sorted(PLANS)}, got {profile!r}")
+        check_choice("profile", profile, sorted(PLANS))
         plan = PLANS[profile]
     profile = plan.profile
     out = Path(out_dir) if out_dir is not None else study_dir(profile)

@@ -50,7 +50,7 @@ from .recipe import (
     sigma_schedule,
 )
 from .runtime import current_profile, resolve_device, run_info
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 SIGMA_MODES = ("learned", *DECAYS)
 
@@ -77,12 +77,9 @@ class TrainConfig(RecipeConfig):
     num_workers: int = 0  # processes that generate the SynthClick images
 
     def __post_init__(self) -> None:
-        if self.family not in SMALL_FAMILIES:
-            raise ValueError(f"family must be one of {sorted(SMALL_FAMILIES)}, got {self.family!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.sigma not in SIGMA_MODES:
-            raise ValueError(f"sigma must be one of {SIGMA_MODES}, got {self.sigma!r}")
+        check_choice("family", self.family, sorted(SMALL_FAMILIES))
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("sigma", self.sigma, SIGMA_MODES)
         check_positive_int(train_size=self.train_size, val_size=self.val_size)
         super().__post_init__()
 
@@ -100,8 +97,7 @@ PROFILE_SETTINGS = {
 def profile_config(profile: Optional[str] = None, **overrides) -> TrainConfig:
     """The configuration of ``profile`` (default: ``current_profile()``) with ``overrides``."""
     profile = profile or current_profile()
-    if profile not in PROFILE_SETTINGS:
-        raise ValueError(f"profile must be one of {sorted(PROFILE_SETTINGS)}, got {profile!r}")
+    check_choice("profile", profile, sorted(PROFILE_SETTINGS))
     return TrainConfig(**{**PROFILE_SETTINGS[profile], "profile": profile, **overrides})
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from torch import Tensor
 
 from ..cam import DEFAULT_THRESHOLD, EXPLAINERS
+from ..validation import check_choice
 from .viz import figure_png
 from .widgets import Control, Panel, frame_explorer
 
@@ -21,8 +22,7 @@ HUMAN_CONTOUR = {"levels": [0.5], "colors": "cyan", "linewidths": 0.9}
 
 def method_label(explainer: str, threshold: Optional[float] = None) -> str:
     """'Grad-CAM' or 'Threshold-Grad-CAM (t = 0.3)': how figures and tables name a map."""
-    if explainer not in METHOD_NAMES:
-        raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
+    check_choice("explainer", explainer, EXPLAINERS)
     if explainer == "threshold-gradcam":
         return f"{METHOD_NAMES[explainer]} (t = {DEFAULT_THRESHOLD if threshold is None else threshold:g})"
     return METHOD_NAMES[explainer]
@@ -129,10 +129,7 @@ def image_frame(image: Tensor, human_map: Tensor, title: str = "", dpi: int = 72
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    try:
-        return figure_png(fig, dpi=dpi, colors=128)
-    finally:
-        plt.close(fig)
+    return figure_png(fig, dpi=dpi, colors=128, close=True)
 
 
 def map_frame(heatmap: Tensor, human_map: Tensor, title: str, rho: float, dpi: int = 72) -> bytes:
@@ -140,10 +137,7 @@ def map_frame(heatmap: Tensor, human_map: Tensor, title: str, rho: float, dpi: i
     fig, ax = plt.subplots(figsize=(2.35, 2.35))
     show_map(ax, heatmap, human_map, title=f"{title}\n{score_text(rho)}")
     fig.tight_layout()
-    try:
-        return figure_png(fig, dpi=dpi, colors=64)
-    finally:
-        plt.close(fig)
+    return figure_png(fig, dpi=dpi, colors=64, close=True)
 
 
 def heatmap_explorer(

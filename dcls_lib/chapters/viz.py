@@ -79,10 +79,15 @@ def plot_kernel(
     return image
 
 
-def figure_png(fig: plt.Figure, dpi: int = 80, colors: Optional[int] = 128) -> bytes:
-    """The figure as PNG bytes, palette-reduced to ``colors`` colours (small enough to embed many)."""
+def figure_png(fig: plt.Figure, dpi: int = 80, colors: Optional[int] = 128, close: bool = False) -> bytes:
+    """The figure as PNG bytes, palette-reduced to ``colors`` colours (small enough to embed many);
+    ``close`` closes the figure afterwards (a frame drawn only to be embedded)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        if close:
+            plt.close(fig)
     if colors is None:
         return buffer.getvalue()
     image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)

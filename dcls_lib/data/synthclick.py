@@ -81,7 +81,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..files import atomic_path
-from ..validation import check_positive_int
+from ..validation import check_choice, check_positive_int
 from . import clickme
 
 __all__ = [
@@ -463,8 +463,7 @@ class SynthClick(Dataset):
         cache_dir: str | os.PathLike | None = None,
         transform=None,
     ):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        check_choice("split", split, SPLITS)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         size = DEFAULT_SIZES[split] if size is None else size
