@@ -37,8 +37,7 @@ def theoretical_receptive_field(kernel_sizes: Sequence[int], dilations: IntOrSeq
         raise ValueError(f"need one dilation and one stride per layer ({depth}), got {dilations} and {strides}")
     width, jump = 1, 1
     for k, d, s in zip(kernel_sizes, dilations, strides):
-        if s < 1:
-            raise ValueError(f"strides must be >= 1, got {strides}")
+        check_positive_int(stride=s)
         width += (footprint(k, d) - 1) * jump
         jump *= s
     return width

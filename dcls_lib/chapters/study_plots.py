@@ -20,7 +20,8 @@ from ..data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accu
 from ..evaluate import PixelNormalize
 from ..metrics import spearman
 from ..models import cam_target, parameter_count
-from ..study import EXPLAINERS, StudyResults
+from ..cam import EXPLAINERS
+from ..study import StudyResults
 from ..train import load_positions, load_run
 from .heatmap_plots import METHOD_NAMES, plot_heatmap_grid
 
