@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from dcls_lib.snn.model import readout_loss
-from dcls_lib.snn.train import build_model, delay_param_groups, delay_task_data, profile_config
+from dcls_lib.measure import timed
+from dcls_lib.recipe import param_groups
+from dcls_lib.snn.train import build_model, delay_profile_config, delay_task_data
 
 
 def main() -> None:
@@ -27,21 +28,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
 
-    config = profile_config("cpu")
+    config = delay_profile_config("cpu")
     data = delay_task_data(config)
     x, y = next(iter(data.train))
     model = build_model(config, "learned", data.n_inputs, data.n_classes)
-    optimizer = torch.optim.Adam(delay_param_groups(model, config.lr))
+    optimizer = torch.optim.Adam(param_groups(model, config.lr, 0.0, config.position_lr_scale))
 
-    def step_time(threads: int) -> float:
-        torch.set_num_threads(threads)
-        start = time.perf_counter()
+    def steps() -> None:
         for _ in range(args.steps):
             loss = readout_loss(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return (time.perf_counter() - start) / args.steps
+
+    def step_time(threads: int) -> float:
+        torch.set_num_threads(threads)
+        return timed(steps)[0] / args.steps
 
     step_time(1), step_time(args.threads)  # warm-up
     ratios = []

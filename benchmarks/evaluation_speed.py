@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from dcls_lib.data.clickme import ClickMe, write_clickme_shard
 from dcls_lib.evaluate import PixelNormalize, evaluate_alignment
 from dcls_lib.metrics import HUMAN_CEILING
+from dcls_lib.measure import timed
 from dcls_lib.runtime import run_label
 
 TARGET_LAYERS = {"resnet": "layer4", "convnext": "stages.3"}
@@ -115,14 +116,10 @@ class InMemory(Dataset):
         return self.items[index]
 
 
-def timed(fn, images: int, device) -> tuple[float, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    value = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return images / (time.perf_counter() - start), value
+def rate(fn, images: int, device) -> tuple[float, float]:
+    """Images per second of ``fn()`` and what it returned."""
+    seconds, value = timed(fn, device)
+    return images / seconds, value
 
 
 def main() -> None:
@@ -175,14 +172,14 @@ def main() -> None:
         scores = {}
         for _ in range(args.rounds):
             if not args.skip_baseline:
-                rate, scores["baseline"] = timed(lambda: seed_like_alignment(model, layer, dataset, device, workers), args.images, device)
-                rates["baseline (study-like)"].append(rate)
-            rate, scores["ours"] = timed(lambda: ours(dataset, "shards"), args.images, device)
-            rates["ours"].append(rate)
-            rate, _ = timed(lambda: ours(preloaded, "memory"), args.images, device)
-            rates["ours, data in memory"].append(rate)
-            rate, _ = timed(forward_only, args.images, device)
-            rates["forward pass alone"].append(rate)
+                speed, scores["baseline"] = rate(lambda: seed_like_alignment(model, layer, dataset, device, workers), args.images, device)
+                rates["baseline (study-like)"].append(speed)
+            speed, scores["ours"] = rate(lambda: ours(dataset, "shards"), args.images, device)
+            rates["ours"].append(speed)
+            speed, _ = rate(lambda: ours(preloaded, "memory"), args.images, device)
+            rates["ours, data in memory"].append(speed)
+            speed, _ = rate(forward_only, args.images, device)
+            rates["forward pass alone"].append(speed)
 
     print(run_label(device, data=f"{args.images} synthetic ClickMe-format images at 224, {args.model} (random weights)"))
     print(f"model {args.model}, target {layer_name}, batch {args.batch_size} (baseline 4), amp {args.amp}, "

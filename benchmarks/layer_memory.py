@@ -39,21 +39,17 @@ def _make_layer(impl: str, cin: int, cout: int, groups: int, taps: int, size: in
     return torch.nn.Conv2d(cin, cout, size, padding=size // 2, groups=groups)
 
 
-def saved_for_backward(layer) -> int:
-    """Bytes autograd keeps for backward while the layer builds its kernel (not the conv itself)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+def kernel_saved_bytes(layer) -> tuple[int, int, int]:
+    """What autograd keeps for backward while the layer builds its kernel (not the conv itself):
+    bytes beyond the parameters, bytes of the parameters it keeps, and the dense kernel's own bytes."""
+    from dcls_lib.measure import saved_for_backward_bytes
 
     build = layer.construct_kernel if hasattr(layer, "construct_kernel") else lambda: layer.DCK(layer.weight, layer.P, layer.SIG)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    beyond = saved_for_backward_bytes(build, layer.parameters())
+    parameter_bytes = saved_for_backward_bytes(build) - beyond
+    with torch.no_grad():
         kernel = build()
-    parameter_bytes = sum(
-        storages.pop(p.untyped_storage().data_ptr(), 0) for p in layer.parameters()
-    )
-    return sum(storages.values()), parameter_bytes, kernel.numel() * kernel.element_size()
+    return beyond, parameter_bytes, kernel.numel() * kernel.element_size()
 
 
 def _vm(key: str) -> int:
@@ -111,8 +107,8 @@ def main() -> None:
     for version in ("gauss", "v1", "max", "v0"):
         ours = _make_layer("ours", 96, 96, 96, 34, 17, version, args.device).to(args.device)
         ref = _make_layer("reference", 96, 96, 96, 34, 17, version, args.device)
-        o_extra, o_params, kernel = saved_for_backward(ours)
-        r_extra, r_params, _ = saved_for_backward(ref)
+        o_extra, o_params, kernel = kernel_saved_bytes(ours)
+        r_extra, r_params, _ = kernel_saved_bytes(ref)
         o_total, r_total = o_extra + o_params, r_extra + r_params
         print(f"| {version} | {kernel / MiB:.3f} MiB | {o_extra / MiB:.3f} MiB | {o_total / MiB:.3f} MiB | "
               f"{r_total / MiB:.1f} MiB | {r_total / o_total:.0f}x | {o_total / kernel:.2f}x |")

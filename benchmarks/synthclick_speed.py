@@ -21,17 +21,13 @@ import torch
 from PIL import Image
 
 from dcls_lib.data.synthclick import SynthClick
+from dcls_lib.measure import timed
 from dcls_lib.runtime import run_label
 
 
 def median_ms(fn, items: int) -> float:
     """Median wall-clock milliseconds of ``fn(i)`` over ``items`` calls."""
-    times = []
-    for i in range(items):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(timed(lambda: fn(i))[0] for i in range(items))
 
 
 def cpu_ms(fn, items: int) -> float:

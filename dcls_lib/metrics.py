@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .validation import check_choice
+
 HUMAN_CEILING = 0.65753
 """Inter-rater Spearman alignment of ClickMe's human maps: a score of 1 means human-level agreement."""
 
@@ -119,8 +121,7 @@ def alignment_from_correlations(
     ``constant="zero"`` (default) counts an image with a constant map as correlation 0;
     ``constant="skip"`` leaves it out of the mean, as the study's code did.
     """
-    if constant not in CONSTANT_POLICIES:
-        raise ValueError(f"constant must be one of {CONSTANT_POLICIES}, got {constant!r}")
+    check_choice("constant", constant, CONSTANT_POLICIES)
     rho = torch.as_tensor(correlations, dtype=torch.float64).flatten()
     if rho.numel() == 0:
         raise ValueError("no correlations to average: the score of zero images is undefined")

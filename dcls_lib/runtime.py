@@ -36,6 +36,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` or ``"auto"``: CUDA where available, else the CPU."""
+    return default_device() if device in (None, "auto") else torch.device(device)
+
+
 def device_name(device: torch.device | str | None = None) -> str:
     """A readable name for the device: the GPU model, or the CPU with its thread count."""
     device = torch.device(device) if device is not None else default_device()
@@ -57,14 +62,30 @@ def git_commit(path: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def library_digest() -> str:
-    """A short hash of dcls_lib's Python source: results computed by another version differ in it."""
+# The book's figures and widgets: they draw results but compute none.
+BOOK_HELPERS = "chapters"
+
+
+def _source_digest(with_book_helpers: bool) -> str:
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
+        relative = path.relative_to(root)
+        if with_book_helpers or relative.parts[0] != BOOK_HELPERS:
+            digest.update(relative.as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def library_digest() -> str:
+    """A short hash of all of dcls_lib's Python source: the book re-executes its notebooks when it changes."""
+    return _source_digest(with_book_helpers=True)
+
+
+def results_digest() -> str:
+    """A short hash of the source that computes results (all but ``chapters/``): trained runs kept
+    under another one are stale; editing a figure or a widget leaves them valid."""
+    return _source_digest(with_book_helpers=False)
 
 
 def runs_dir() -> Path:

@@ -18,22 +18,24 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from torch.utils.data import TensorDataset
 
+from .cam import EXPLAINERS
 from .data.clickme import ClickMe, clickme_val
 from .data.synthclick import SynthClick
 from .evaluate import PixelNormalize, evaluate_alignment
 from .files import write_json, write_text
 from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
 from .models.small import VARIANTS
-from .runtime import current_profile, library_digest, run_info, runs_dir
-from .train import TrainConfig, TrainRun, evaluate_accuracy, profile_config, synthclick_tensors, train
-from .viz import table_text
-
-EXPLAINERS = ("gradcam", "threshold-gradcam")
+from .runtime import current_profile, resolve_device, results_digest, run_info, runs_dir
+from .tables import table_text
+from .train import TrainConfig, TrainRun, evaluate_accuracy, load_run, profile_config, train
+from .validation import check_choice
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,31 @@ PLANS = {
 
 
 def study_dir(profile: str) -> Path:
-    return runs_dir() / f"study-{profile}-{library_digest()}"
+    return runs_dir() / f"study-{profile}-{results_digest()}"
 
 
 def _run_name(config: TrainConfig) -> str:
     return f"{config.family}-{config.variant}-seed{config.seed}"
 
 
+def test_split(config: TrainConfig, size: int) -> SynthClick:
+    """The SynthClick test split that scores a run of ``config``: ``size`` images at its image size and data seed."""
+    return SynthClick("test", image_size=config.image_size, seed=config.data_seed, size=size)
+
+
+@lru_cache(maxsize=2)
+def _rendered_test_split(image_size: int, data_seed: int, size: int) -> TensorDataset:
+    """The test split's images, labels and human maps, rendered once for every run that shares them."""
+    test = SynthClick("test", image_size=image_size, seed=data_seed, size=size)
+    return TensorDataset(*test.batch())
+
+
 def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
     config = run.config
-    test = SynthClick("test", image_size=config.image_size, seed=config.data_seed, size=plan.test_size)
-    images, labels = synthclick_tensors("test", config.image_size, config.data_seed, plan.test_size)
-    _, test_acc, confusion = evaluate_accuracy(run.model, images, labels, device)
+    test = _rendered_test_split(config.image_size, config.data_seed, plan.test_size)
+    images, labels, _ = test.tensors
+    pixels = (images * 255).round().to(torch.uint8)  # accuracy is measured on 8-bit images, as in training
+    _, test_acc, confusion = evaluate_accuracy(run.model, pixels, labels, device)
     row = {"family": config.family, "variant": config.variant, "seed": config.seed,
            "val_acc": run.final["val_acc"], "test_acc": test_acc, "test_confusion": confusion.tolist()}
     target = cam_target(run.model)
@@ -139,6 +154,17 @@ class StudyResults:
     def run_dir(self, family: str, variant: str, seed: int = 0) -> Path:
         return self.out_dir / f"{family}-{variant}-seed{seed}"
 
+    def load_models(self, seed: int = 0, device=None) -> dict[tuple[str, str], TrainRun]:
+        """The trained run of every (family, variant) of ``seed``, loaded on ``device``."""
+        return {(r["family"], r["variant"]): load_run(self.run_dir(r["family"], r["variant"], seed), device=device)
+                for r in self.rows if r["seed"] == seed}
+
+    def test_split(self) -> SynthClick:
+        """The SynthClick test split the study scored (all its runs share image size and data seed)."""
+        if self.plan.profile not in PLANS:
+            raise ValueError(f"a {self.plan.profile!r} study was not scored on SynthClick")
+        return test_split(self.plan.configs()[0], self.plan.test_size)
+
 
 def run_study(
     profile: Optional[str] = None, out_dir: Optional[os.PathLike] = None, device=None, progress: bool = True,
@@ -147,13 +173,11 @@ def run_study(
     """Train (or resume, or reload) every run of the plan, score it, and write study.json / study.md."""
     if plan is None:
         profile = profile or current_profile()
-        if profile not in PLANS:
-            raise ValueError(f"profile must be one of {sorted(PLANS)}, got {profile!r}")
+        check_choice("profile", profile, sorted(PLANS))
         plan = PLANS[profile]
     profile = plan.profile
     out = Path(out_dir) if out_dir is not None else study_dir(profile)
-    device = torch.device(device) if device not in (None, "auto") else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    device = resolve_device(device)
     rows = []
     for config in plan.configs():
         run = train(config, out / _run_name(config), device=device, progress=progress)
@@ -187,7 +211,7 @@ def run_clickme_study(
     tables and figures apply.
     """
     dataset = ClickMe(data) if data is not None else clickme_val(download=download, progress=progress)
-    out = Path(out_dir) if out_dir is not None else runs_dir() / f"clickme-{library_digest()}"
+    out = Path(out_dir) if out_dir is not None else runs_dir() / f"clickme-{results_digest()}"
     rows = []
     for base in names:
         if base not in STUDY_MODELS:
@@ -216,7 +240,7 @@ def run_clickme_study(
 
 
 def load_study(path: os.PathLike) -> StudyResults:
-    """A study written by ``run_study`` (a folder or its study.json), e.g. a GPU run kept in the repository."""
+    """A study written by ``run_study`` (a folder or its study.json), e.g. one copied from another machine."""
     path = Path(path)
     path = path / "study.json" if path.is_dir() else path
     data = json.loads(path.read_text())

@@ -1,11 +1,11 @@
 """Training small family members on SynthClick with the published DCLS recipe.
 
-The recipe (ConvNeXt-dcls and DCLS-Audio training code): AdamW; positions ``P`` and widths ``SIG``
-without weight decay at 5x the learning rate; ``clamp_parameters()`` after every optimiser step;
-optionally, the ConvNeXt-dcls repulsion loss between the taps of a kernel.  For the Gaussian
-version, ``SIG`` is learned with the positions as published, or (``sigma="schedule"``) not learned
-and decayed from ``dilated_kernel_size // 2`` to its initial 0.23 over the first quarter of training,
-as the thesis does for learned delays.
+The recipe (:mod:`dcls_lib.recipe`): AdamW; positions ``P`` and widths ``SIG`` without weight decay
+at 5x the learning rate; taps clamped after every optimiser step; optionally, the ConvNeXt-dcls
+repulsion loss between the taps of a kernel.  For the Gaussian version, ``SIG`` is learned with the
+positions as published, or (``sigma="linear"`` or ``"exponential"``) not learned and decayed from
+half the model's dilated kernel size to 0.23 over the first quarter of training: ``"exponential"``
+is the thesis' schedule for learned delays, ``"linear"`` the one these runs have used.
 
 Runs are resumable: with ``out_dir`` every epoch ends with an atomic checkpoint, a JSON log (losses,
 accuracies, confusion matrices, learning rates, timings, what ran it) and the positions of every
@@ -36,15 +36,27 @@ from tqdm.auto import tqdm
 
 from .data.synthclick import SynthClick
 from .files import save_torch, write_json
-from .layers import DclsNd
 from .models.small import SMALL_FAMILIES, VARIANTS, create_small_model
-from .runtime import current_profile, run_info
+from .recipe import (
+    DECAYS,
+    RecipeConfig,
+    SigmaSchedule,
+    clamp_positions,
+    dcls_layers,
+    param_groups,
+    position_parameters,
+    repulsion_loss,
+    set_sigma,
+    sigma_schedule,
+)
+from .runtime import current_profile, resolve_device, run_info
+from .validation import check_choice, check_positive_int
 
-SIGMA_MODES = ("learned", "schedule")
+SIGMA_MODES = ("learned", *DECAYS)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RecipeConfig):
     """Everything that decides a training run; saved with it and checked on resume."""
 
     family: str = "convnext"
@@ -54,38 +66,22 @@ class TrainConfig:
     image_size: int = 64
     train_size: int = 12000
     val_size: int = 1200
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
     warmup_steps: int = 100
-    position_lr_scale: float = 5.0
-    sigma: str = "learned"
+    sigma: str = "learned"  # learned with the positions, or not learned and decayed by a schedule of DECAYS
     repulsion_weight: float = 0.0
     repulsion_from_epoch: int = 0
-    dilated_kernel_size: Optional[int] = None
+    dilated_kernel_size: Optional[int] = None  # None: the family's default
     kernel_count: Optional[int] = None
     version: Optional[str] = None
-    seed: int = 0
     data_seed: int = 0
-    amp: bool = False
     num_workers: int = 0  # processes that generate the SynthClick images
 
     def __post_init__(self) -> None:
-        if self.family not in SMALL_FAMILIES:
-            raise ValueError(f"family must be one of {sorted(SMALL_FAMILIES)}, got {self.family!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.sigma not in SIGMA_MODES:
-            raise ValueError(f"sigma must be one of {SIGMA_MODES}, got {self.sigma!r}")
-        for name in ("epochs", "batch_size", "train_size", "val_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.position_lr_scale <= 0:
-            raise ValueError("lr and position_lr_scale must be > 0 and weight_decay >= 0")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        check_choice("family", self.family, sorted(SMALL_FAMILIES))
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("sigma", self.sigma, SIGMA_MODES)
+        check_positive_int(train_size=self.train_size, val_size=self.val_size)
+        super().__post_init__()
 
 
 # Per profile: how big and how long.  smoke: seconds, for the tests; cpu: the book on 2 cores;
@@ -101,83 +97,19 @@ PROFILE_SETTINGS = {
 def profile_config(profile: Optional[str] = None, **overrides) -> TrainConfig:
     """The configuration of ``profile`` (default: ``current_profile()``) with ``overrides``."""
     profile = profile or current_profile()
-    if profile not in PROFILE_SETTINGS:
-        raise ValueError(f"profile must be one of {sorted(PROFILE_SETTINGS)}, got {profile!r}")
+    check_choice("profile", profile, sorted(PROFILE_SETTINGS))
     return TrainConfig(**{**PROFILE_SETTINGS[profile], "profile": profile, **overrides})
 
 
-# --- the DCLS recipe ------------------------------------------------------------------------------
+# --- the schedules --------------------------------------------------------------------------------
 
-def dcls_layers(model: nn.Module) -> list[DclsNd]:
-    return [m for m in model.modules() if isinstance(m, DclsNd)]
-
-
-def position_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every distinct P and SIG of the model (shared ones once), by the name of their first owner."""
-    found: dict[int, tuple[str, nn.Parameter]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, DclsNd):
-            for attr in ("P", "SIG"):
-                param = getattr(module, attr)
-                if param is not None and id(param) not in found:
-                    found[id(param)] = (f"{name}.{attr}", param)
-    return dict(found.values())
-
-
-def dcls_param_groups(
-    model: nn.Module, lr: float, weight_decay: float, position_lr_scale: float = 5.0, learn_sigma: bool = True
-) -> list[dict]:
-    """AdamW groups: weights with decay; biases and norms without; P (and SIG) without decay at
-    ``position_lr_scale`` x lr.  With ``learn_sigma=False``, SIG is left out (it is scheduled)."""
-    positions = position_parameters(model)
-    special = {id(p) for p in positions.values()}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if id(param) in special or not param.requires_grad:
-            continue
-        (no_decay if param.dim() <= 1 else decay).append(param)
-    moving = [p for n, p in positions.items() if learn_sigma or not n.endswith(".SIG")]
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
-        {"params": moving, "lr": lr * position_lr_scale, "weight_decay": 0.0, "name": "positions"},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def clamp_positions(model: nn.Module) -> None:
-    """The reference's clamp after each optimiser step, once per distinct layer."""
-    for layer in dcls_layers(model):
-        layer.clamp_parameters()
-
-
-def repulsion_loss(model: nn.Module) -> torch.Tensor:
-    """ConvNeXt-dcls' repulsion: mean over tap pairs of clamp_min(1 - distance, 0), squared, per P."""
-    terms = []
-    for name, P in position_parameters(model).items():
-        if not name.endswith(".P"):
-            continue
-        taps = P.flatten(1, -2).permute(1, 2, 0)  # (filters, taps, ndim)
-        distances = torch.cdist(taps, taps)
-        pairs = ~torch.eye(taps.shape[1], dtype=torch.bool, device=P.device)
-        terms.append(F.relu(1 - distances[:, pairs]).mean() ** 2)
-    return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def sigma_value(config: TrainConfig, epoch: int) -> float:
-    """The scheduled Gaussian width for ``epoch``: from dilated_kernel_size // 2 down to 0.23 over the
-    first quarter of the epochs (linearly), then 0.23."""
-    size = config.dilated_kernel_size or 17
-    start, end = size // 2, 0.23
-    quarter = max(1, math.ceil(config.epochs / 4))
-    return end if epoch >= quarter else start + (end - start) * epoch / quarter
-
-
-def _set_sigma(model: nn.Module, value: float) -> None:
-    with torch.no_grad():
-        for name, param in position_parameters(model).items():
-            if name.endswith(".SIG"):
-                param.fill_(value)
+def run_sigma_schedule(config: TrainConfig, model: nn.Module) -> Optional[SigmaSchedule]:
+    """The ``SIG`` schedule of a run whose widths are not learned (None when they are, or without
+    DCLS layers), from half the model's own dilated kernel size (the family default unless set)."""
+    layers = dcls_layers(model)
+    if config.sigma == "learned" or not layers:
+        return None
+    return sigma_schedule(config.sigma, max(layers[0].dilated_kernel_size), config.epochs)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -262,12 +194,6 @@ def position_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in position_parameters(model).items() if name.endswith(".P")}
 
 
-def _resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _build(config: TrainConfig, device: torch.device) -> nn.Module:
     torch.manual_seed(config.seed)
     model = create_small_model(
@@ -281,12 +207,12 @@ def train(
     config: TrainConfig, out_dir: Optional[os.PathLike] = None, device=None, progress: bool = True
 ) -> TrainRun:
     """Train (or resume, or load the finished) run of ``config``; see the module docstring."""
-    device = _resolve_device(device)
+    device = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     model = _build(config, device)
-    learn_sigma = config.sigma == "learned"
+    schedule = run_sigma_schedule(config, model)
     optimizer = torch.optim.AdamW(
-        dcls_param_groups(model, config.lr, config.weight_decay, config.position_lr_scale, learn_sigma)
+        param_groups(model, config.lr, config.weight_decay, config.position_lr_scale, learn_sigma=schedule is None)
     )
     steps_per_epoch = config.train_size // config.batch_size or 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -314,8 +240,8 @@ def train(
                                                 config.num_workers)
     amp = _autocast(config, device)
     for epoch in range(start, config.epochs):
-        if not learn_sigma:
-            _set_sigma(model, sigma_value(config, epoch))
+        if schedule is not None:
+            set_sigma(model, schedule(epoch))
         shuffle = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(labels), generator=shuffle)[: steps_per_epoch * config.batch_size]
         model.train()
@@ -360,7 +286,7 @@ def train(
 
 def load_run(out_dir: os.PathLike, device=None) -> TrainRun:
     """A finished (or interrupted) run from its checkpoint, without training."""
-    device = _resolve_device(device)
+    device = resolve_device(device)
     checkpoint = Path(out_dir) / "checkpoint.pt"
     if not checkpoint.exists():
         raise FileNotFoundError(f"no training checkpoint in {out_dir}")

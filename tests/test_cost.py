@@ -1,4 +1,4 @@
-"""Cost measurements used by the book's tables: parameter counts, memory kept for backward, timing."""
+"""Measurements (dcls_lib.measure) and chapter 3's cost table (dcls_lib.chapters.cost)."""
 
 import time
 
@@ -7,17 +7,19 @@ import torch
 from torch import nn
 
 from dcls_lib import Dcls2d
-from dcls_lib.cost import forward_backward, median_time, parameter_count, peak_cuda_memory, saved_for_backward_bytes
+from dcls_lib.chapters.cost import cost_rows, forward_backward, trainable_parameter_count
+from dcls_lib.measure import median_time, peak_cuda_memory, saved_for_backward_bytes, timed
+from dcls_lib.models import parameter_count
 
 
-def test_parameter_count():
-    assert parameter_count(nn.Linear(3, 4)) == 16
+def test_trainable_parameter_count():
+    assert trainable_parameter_count(nn.Linear(3, 4)) == 16
     frozen = nn.Linear(3, 4)
     frozen.bias.requires_grad_(False)
-    assert parameter_count(frozen) == 12 and parameter_count(frozen, trainable_only=False) == 16
+    assert trainable_parameter_count(frozen) == 12 and parameter_count(frozen) == 16
     layer = Dcls2d(8, 8, 5, dilated_kernel_size=7, groups=8, version="gauss")
     # weight + P + SIG (2 axes each) + bias
-    assert parameter_count(layer) == 8 * 5 + 2 * 8 * 5 * 2 + 8
+    assert trainable_parameter_count(layer) == 8 * 5 + 2 * 8 * 5 * 2 + 8
 
 
 def test_saved_for_backward_counts_intermediate_tensors_once():
@@ -49,6 +51,21 @@ def test_median_time_runs_the_function_and_bounds_below():
     assert t >= 0.01
     with pytest.raises(ValueError, match="repeats"):
         median_time(work, repeats=0)
+
+
+def test_timed_returns_the_seconds_and_the_value():
+    seconds, value = timed(lambda: time.sleep(0.01) or 42)
+    assert value == 42 and seconds >= 0.01
+
+
+def test_cost_rows_measure_every_layer_against_the_first():
+    x = torch.randn(1, 4, 8, 8)
+    rows = cost_rows({"dense 3x3": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                      "dcls": lambda: Dcls2d(4, 4, 2, dilated_kernel_size=5, padding=2, groups=4)}, x, repeats=1)
+    assert [r["layer (depthwise)"] for r in rows] == ["dense 3x3", "dcls"]
+    assert rows[0]["fwd+bwd / dense 3x3"] == "1.00x"
+    assert rows[0]["positions & widths"] == "-" and rows[1]["positions & widths"] == f"{2 * (2 * 4 * 2)}"  # P and SIG: (2 axes, 4 filters, 2 taps)
+    assert rows[1]["saved for backward"] == f"{4 * 5 * 5 * 4 / 2**10:,.1f} KiB"  # the dense kernel
 
 
 def test_forward_backward_fills_gradients():

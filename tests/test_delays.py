@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from dcls_lib.snn import DelaySNN, SigmaSchedule, SynapticDelays, delay_param_groups, set_sigma
+from dcls_lib.recipe import SigmaSchedule, param_groups, set_sigma
+from dcls_lib.snn import DelaySNN, SynapticDelays
+from dcls_lib.snn.train import DelayRunConfig
 
 
 def shifted(x: torch.Tensor, delay: int) -> torch.Tensor:
@@ -142,7 +144,7 @@ def test_fixed_delays_are_integers_and_frozen():
 
 
 def test_sigma_schedule_follows_the_recipe():
-    schedule = SigmaSchedule.recipe(max_delay=25, epochs=100)
+    schedule = SigmaSchedule.exponential(25, epochs=100)
     assert (schedule.start, schedule.end, schedule.decay_epochs) == (12.0, 0.23, 25)
     values = [schedule(e) for e in range(100)]
     assert values[0] == 12.0
@@ -150,7 +152,7 @@ def test_sigma_schedule_follows_the_recipe():
     assert all(a > b for a, b in zip(values[:25], values[1:26])), "decreasing over the first quarter"
     assert values[12] / values[11] == pytest.approx(values[1] / values[0]), "exponential decay"
     assert SigmaSchedule.constant(0.23)(50) == 0.23
-    assert SigmaSchedule.recipe(max_delay=1, epochs=10)(5) == 0.0, "nothing to decay without delays"
+    assert SigmaSchedule.exponential(1, epochs=10)(5) == 0.0, "nothing to decay without delays"
     with pytest.raises(ValueError, match="SigmaSchedule"):
         SigmaSchedule(-1.0)
 
@@ -166,9 +168,10 @@ def test_set_sigma_reaches_every_layer():
 
 def test_param_groups_give_positions_100x_lr_and_no_weight_decay():
     model = DelaySNN(4, 3, n_hidden=5, max_delay=7)
-    groups = {g["name"]: g for g in delay_param_groups(model, lr=1e-3, weight_decay=1e-5)}
-    assert groups["positions"]["lr"] == pytest.approx(0.1) and groups["positions"]["weight_decay"] == 0.0
-    assert groups["weights"]["lr"] == 1e-3 and groups["weights"]["weight_decay"] == 1e-5
+    config = DelayRunConfig()
+    groups = {g["name"]: g for g in param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)}
+    assert groups["positions"]["lr"] == pytest.approx(100 * config.lr) and groups["positions"]["weight_decay"] == 0.0
+    assert groups["decay"]["lr"] == config.lr and groups["decay"]["weight_decay"] == config.weight_decay
     assert groups["no_decay"]["weight_decay"] == 0.0
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
@@ -177,7 +180,7 @@ def test_param_groups_give_positions_100x_lr_and_no_weight_decay():
     assert not set(sigmas) & set(grouped)
     torch.optim.Adam(list(groups.values()))  # a valid optimiser configuration
     fixed = DelaySNN(4, 3, n_hidden=5, max_delay=7, delays="random")
-    assert "positions" not in {g["name"] for g in delay_param_groups(fixed, lr=1e-3)}
+    assert "positions" not in {g["name"] for g in param_groups(fixed, 1e-3, 0.0, config.position_lr_scale)}
 
 
 def test_bad_arguments_name_the_problem():

@@ -5,21 +5,21 @@ import json
 import pytest
 import torch
 
-from dcls_lib.snn.delays import SigmaSchedule
-from dcls_lib.snn.train import delay_ablation, delay_task_data, main, profile_config, run_study, train_run
+from dcls_lib.recipe import SigmaSchedule
+from dcls_lib.snn.train import delay_ablation, delay_profile_config, delay_task_data, main, run_delay_study, train_run
 
 
 def test_learned_delays_beat_no_delays_on_the_tiny_task(tmp_path):
-    config = profile_config("smoke")
+    config = delay_profile_config("smoke")
     log = tmp_path / "runs" / "study.json"
-    study = run_study(config, runs=[("learned", "recipe"), ("none", "recipe")], device="cpu", log_path=log,
+    study = run_delay_study(config, runs=[("learned", "recipe"), ("none", "recipe")], device="cpu", log_path=log,
                       progress=False, profile="smoke")
     learned, none = study["runs"]
     chance = 1 / config.task.n_classes
     assert none["test_acc"] == pytest.approx(chance, abs=0.05), "without delays the task is at chance"
     assert learned["test_acc"] >= none["test_acc"] + 0.3, (learned["test_acc"], none["test_acc"])
 
-    schedule = SigmaSchedule.recipe(config.max_delay, config.epochs)
+    schedule = SigmaSchedule.exponential(config.max_delay, config.epochs)
     sigmas = [h["sigma"] for h in learned["history"]]
     assert sigmas == pytest.approx([schedule(e) for e in range(config.epochs)])
     assert sigmas[0] == config.max_delay // 2 and sigmas[-1] == pytest.approx(0.23)
@@ -52,16 +52,20 @@ def test_command_line_writes_a_log(tmp_path, capsys):
 
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="sigma schedule"):
-        train_run(profile_config("smoke"), "learned", "sometimes", device="cpu", progress=False)
+        train_run(delay_profile_config("smoke"), "learned", "sometimes", device="cpu", progress=False)
 
 
-def test_results_table_has_a_row_per_run():
-    from dcls_lib.snn.plots import results_table
+def test_results_rows_have_a_row_per_run():
+    from dcls_lib.chapters.delay_plots import ablation_rows, results_rows
+    from dcls_lib.tables import table_text
 
     runs = [{"delays": "none", "test_acc": 0.5, "train_seconds": 90, "history": [{"train_acc": 0.61}]},
             {"delays": "learned", "sigma_schedule": "recipe", "test_acc": 0.875, "train_seconds": 30,
              "history": [{"train_acc": 0.9, "test_acc_interpolated": 0.8}]}]
-    lines = results_table(runs).splitlines()
+    lines = table_text(results_rows(runs)).splitlines()
     assert lines[0].startswith("| synapses | test accuracy (integer delays) |") and lines[1] == "|---|---|---|---|---|"
     assert lines[2] == "| no delays | 0.500 | - | 0.610 | 1.5 |"
     assert lines[3] == "| learned delays (sigma recipe) | 0.875 | 0.800 | 0.900 | 0.5 |"
+    ablation = ablation_rows({"learned": 0.9, "shuffled": 0.4, "zero": 0.3})
+    assert [row["the learned network's delays"] for row in ablation] == ["as learned", "shuffled among synapses", "all zero"]
+    assert ablation[1]["test accuracy"] == "0.400"

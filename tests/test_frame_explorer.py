@@ -6,7 +6,7 @@ import ipywidgets as w
 import pytest
 from ipywidgets.widgets.widget_link import Link
 
-from dcls_lib.widgets import Control, Panel, frame_explorer
+from dcls_lib.chapters.widgets import Control, Panel, frame_explorer
 
 
 def _links():

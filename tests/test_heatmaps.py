@@ -12,19 +12,15 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dcls_lib.cam import StudyCAM  # noqa: E402
-from dcls_lib.heatmaps import (  # noqa: E402
-    LayerTensors,
-    cam_diagnostics,
-    channels_last_view,
+from dcls_lib.chapters.heatmap_plots import (  # noqa: E402
     image_frame,
-    layer_tensors,
     map_frame,
     method_label,
     plot_heatmap_grid,
     plot_threshold_sweep,
     score_text,
-    threshold_sweep,
 )
+from dcls_lib.heatmaps import LayerTensors, cam_diagnostics, channels_last_view, layer_tensors, threshold_sweep  # noqa: E402
 from dcls_lib.metrics import alignment_score, spearman  # noqa: E402
 from dcls_lib.models import cam_target  # noqa: E402
 from dcls_lib.models.small import create_small_model  # noqa: E402
@@ -187,7 +183,7 @@ def test_method_label():
 
 
 def test_heatmap_explorer_has_a_frame_for_every_choice():
-    from dcls_lib.heatmaps import heatmap_explorer
+    from dcls_lib.chapters.heatmap_plots import heatmap_explorer
 
     torch.manual_seed(0)
     n, thresholds = 2, [0.0, 0.3, 0.6]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dcls_lib import Dcls2d
-from dcls_lib.kernel_fit import fit_kernel, kernel_loss
+from dcls_lib.chapters.kernel_fit import fit_kernel, kernel_loss
 
 
 def _one_tap(version, row, col, size=9):

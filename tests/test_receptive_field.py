@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dcls_lib import Dcls2d
-from dcls_lib.receptive_field import (
+from dcls_lib.chapters.receptive_field import (
     conv_stack,
     effective_receptive_field,
     footprint,
@@ -22,7 +22,7 @@ def test_footprint_and_theoretical_width():
     assert theoretical_receptive_field([3, 3], strides=[2, 1]) == 1 + 2 + 2 * 2
     with pytest.raises(ValueError, match="one dilation and one stride per layer"):
         theoretical_receptive_field([3, 3], dilations=[1])
-    with pytest.raises(ValueError, match="kernel_size and dilation"):
+    with pytest.raises(ValueError, match="kernel_size must be a positive int"):
         footprint(0)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from dcls_lib.data.synthclick import SynthClick
 from dcls_lib.study import PLANS, StudyPlan, aggregate, load_study, markdown_table, run_study
+from dcls_lib.train import evaluate_accuracy
 
 
 def test_aggregate_means_and_spreads_over_seeds():
@@ -66,6 +67,23 @@ def test_run_study_trains_scores_and_reloads(tiny_study):
     assert loaded.plan == plan and loaded.rows == results.rows and loaded.table() == results.table()
 
 
+def test_a_study_loads_its_models_and_its_test_split(tiny_study):
+    _, results = tiny_study
+    runs = results.load_models(seed=1, device="cpu")
+    assert set(runs) == {("resnet", "baseline"), ("resnet", "dcls")}
+    assert all(run.config.seed == 1 and not run.model.training for run in runs.values())
+    test = results.test_split()
+    config = runs["resnet", "dcls"].config
+    assert (len(test), test.image_size, test.split) == (TINY.test_size, config.image_size, "test")
+    images, labels, _ = test.batch()
+    _, accuracy, _ = evaluate_accuracy(runs["resnet", "dcls"].model, (images * 255).round().to(torch.uint8), labels, "cpu")
+    row = next(r for r in results.rows if (r["variant"], r["seed"]) == ("dcls", 1))
+    assert accuracy == row["test_acc"], "the split the study scored"
+    clickme = type(results)(StudyPlan("clickme", families=("resnet50",)), [], results.out_dir, {})
+    with pytest.raises(ValueError, match="SynthClick"):
+        clickme.test_split()
+
+
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="profile"):
         run_study("laptop")
@@ -75,7 +93,7 @@ def test_figures_and_tables_of_a_study(tiny_study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dcls_lib.study_plots import accuracy_rows, alignment_bars, position_maps, spread_over_training, training_curves
+    from dcls_lib.chapters.study_plots import accuracy_rows, alignment_bars, position_maps, spread_over_training, training_curves
 
     _, results = tiny_study
     curves = training_curves(results)
@@ -96,7 +114,7 @@ def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from dcls_lib.study_plots import example_heatmaps, paired_differences, per_image_scores, score_distributions
+    from dcls_lib.chapters.study_plots import example_heatmaps, paired_differences, per_image_scores, score_distributions
 
     _, results = tiny_study
     scores = per_image_scores(results, "gradcam")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dcls_lib.tap_gradient import (
+from dcls_lib.chapters.tap_gradient import (
     autograd_gradient,
     finite_difference_gradient,
-    kernel_loss,
+    tap_loss,
     kernel_position_derivative,
     loss_landscape,
     tap_kernel,
@@ -46,7 +46,7 @@ def test_autograd_matches_finite_differences(version, sigma, position):
     target[2, 3] = -0.5
 
     def loss(p):
-        return kernel_loss(version, 9, p, target, sigma)
+        return tap_loss(version, 9, p, target, sigma)
 
     assert torch.allclose(autograd_gradient(loss, position), finite_difference_gradient(loss, position), atol=1e-7)
 
@@ -66,4 +66,4 @@ def test_tap_kernel_checks_position():
     with pytest.raises(ValueError, match="position must be"):
         tap_kernel("v1", 5, (0.0, 1.0, 2.0))
     with pytest.raises(ValueError, match="target must be"):
-        kernel_loss("v1", 5, (0.0, 0.0), torch.zeros(3, 3))
+        tap_loss("v1", 5, (0.0, 0.0), torch.zeros(3, 3))

@@ -8,15 +8,13 @@ import torch
 import dcls_lib.train as training
 from dcls_lib.layers import position_limits
 from dcls_lib.models.small import SMALL_FAMILIES, VARIANTS, create_small_model
+from dcls_lib.recipe import SigmaSchedule, dcls_layers, param_groups, position_parameters, repulsion_loss
 from dcls_lib.train import (
     TrainConfig,
-    dcls_param_groups,
     load_positions,
     load_run,
-    position_parameters,
     profile_config,
-    repulsion_loss,
-    sigma_value,
+    run_sigma_schedule,
     train,
     warmup_cosine,
 )
@@ -29,7 +27,7 @@ def dcls_convnext():
 
 
 def test_param_groups_follow_the_published_recipe(dcls_convnext):
-    groups = {g["name"]: g for g in dcls_param_groups(dcls_convnext, lr=1e-3, weight_decay=0.05)}
+    groups = {g["name"]: g for g in param_groups(dcls_convnext, lr=1e-3, weight_decay=0.05, position_lr_scale=5.0)}
     positions = {id(p) for p in position_parameters(dcls_convnext).values()}
     assert {id(p) for p in groups["positions"]["params"]} == positions
     assert groups["positions"]["lr"] == pytest.approx(5e-3) and groups["positions"]["weight_decay"] == 0
@@ -43,7 +41,7 @@ def test_scheduled_sigma_is_left_out_of_the_optimiser():
     model = create_small_model("convnext", "dcls", width=8, version="gauss")
     sigmas = {id(p) for n, p in position_parameters(model).items() if n.endswith(".SIG")}
     assert sigmas
-    groups = dcls_param_groups(model, 1e-3, 0.05, learn_sigma=False)
+    groups = param_groups(model, 1e-3, 0.05, 5.0, learn_sigma=False)
     assert not sigmas & {id(p) for g in groups for p in g["params"]}
 
 
@@ -52,7 +50,7 @@ def test_positions_are_shared_per_stage_and_clamped_after_each_step():
     run = train(config, progress=False)
     names = list(position_parameters(run.model))
     assert len(names) == 4, f"one P per stage of the 4-stage model, got {names}"
-    for layer in training.dcls_layers(run.model):
+    for layer in dcls_layers(run.model):
         for d, size in enumerate(layer.dilated_kernel_size):
             lo, hi = position_limits(size)
             assert layer.P[d].min() >= lo and layer.P[d].max() <= hi
@@ -77,10 +75,24 @@ def test_repulsion_loss_pushes_coinciding_taps_apart():
     assert (push < 0).all()
 
 
-def test_sigma_schedule_decays_over_the_first_quarter():
-    config = profile_config("smoke", epochs=8, dilated_kernel_size=17, sigma="schedule", version="gauss")
-    values = [sigma_value(config, e) for e in range(8)]
-    assert values[0] == 8 and values[1] < values[0] and values[2:] == [0.23] * 6
+def test_linear_sigma_schedule_decays_over_the_first_quarter():
+    config = profile_config("smoke", epochs=8, dilated_kernel_size=17, sigma="linear", version="gauss")
+    model = create_small_model("convnext", "dcls", width=8, dilated_kernel_size=17, version="gauss")
+    values = [run_sigma_schedule(config, model)(e) for e in range(8)]
+    assert values[0] == 8 and values[1] == pytest.approx((8 + 0.23) / 2) and values[2:] == [0.23] * 6
+
+
+def test_exponential_sigma_schedule_is_the_theses():
+    values = [SigmaSchedule.exponential(17, 8)(e) for e in range(4)]
+    assert values[0] == 8 and values[1] == pytest.approx((8 * 0.23) ** 0.5) and values[2:] == [0.23] * 2
+
+
+def test_sigma_schedule_starts_from_the_family_default_kernel_size():
+    """ResNet's default dilated kernel is 7 (ConvNeXt's 17): a ResNet run starts SIG at 3, not 8."""
+    config = profile_config("smoke", family="resnet", epochs=8, sigma="exponential", version="gauss")
+    model = create_small_model("resnet", "dcls", width=8, version="gauss")
+    assert run_sigma_schedule(config, model)(0) == 3
+    assert run_sigma_schedule(profile_config("smoke", family="resnet"), model) is None, "learned SIG has no schedule"
 
 
 def test_warmup_then_cosine():
@@ -97,7 +109,7 @@ def test_every_small_family_member_builds_in_every_variant(family):
         counts[variant] = sum(p.numel() for p in model.parameters())
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 12)
     assert counts["dilated"] == counts["baseline"]
-    assert bool(training.dcls_layers(create_small_model(family, "dcls", width=8)))
+    assert bool(dcls_layers(create_small_model(family, "dcls", width=8)))
 
 
 def test_bad_configurations_name_the_field():

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dcls_lib.tap_gradient import loss_landscape  # noqa: E402
-from dcls_lib.viz import (  # noqa: E402
+from dcls_lib.chapters.tap_gradient import loss_landscape  # noqa: E402
+from dcls_lib.chapters.viz import (  # noqa: E402
     figure_png,
     grid_of_axes,
     label_figure,
@@ -20,7 +20,7 @@ from dcls_lib.viz import (  # noqa: E402
     plot_tap_frame,
     plot_tap_paths,
 )
-from dcls_lib.widgets import frame_player  # noqa: E402
+from dcls_lib.chapters.widgets import frame_player  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +54,7 @@ def test_plot_tap_frame_draws_three_panels():
     target[4, 6] = 1.0
     columns = torch.linspace(-3, 3, 13, dtype=torch.float64)
     losses, grads = loss_landscape("v1", 9, columns, target)
-    fig = plot_tap_frame("v1", 9, 1.5, target, (columns, losses, grads), label="computed here")
+    fig = plot_tap_frame("v1", 9, 1.5, target, (columns, losses, grads))
     assert len(fig.axes) == 4  # kernel, derivative, loss and its twin gradient axis
     assert "loss 0.500" in fig.axes[2].get_title()  # half the tap on the target cell: 0.5^2 + 0.5^2
     plt.close(fig)

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from ..validation import check_positive_int
+
 
 @dataclass(frozen=True)
 class DelayTaskSpec:
@@ -70,8 +72,7 @@ def make_motifs(spec: DelayTaskSpec) -> Tensor:
 
 def generate(spec: DelayTaskSpec, n_samples: int, seed: int) -> tuple[Tensor, Tensor]:
     """``n_samples`` balanced samples: spikes ``(n, n_channels, n_steps)`` in {0, 1} (float32) and labels ``(n,)``."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples!r}")
+    check_positive_int(n_samples=n_samples)
     motifs = make_motifs(spec)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n_samples) % spec.n_classes

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import check_positive_int
 from .families import detect_family
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,8 +73,7 @@ class ImageTransform:
         std: Sequence[float] = _IMAGENET_STD,
         interpolation: str = "bicubic",
     ):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"image_size must be a positive int, got {size!r}")
+        check_positive_int(image_size=size)
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         if len(mean) != 3 or len(std) != 3:

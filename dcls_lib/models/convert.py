@@ -17,6 +17,7 @@ from torch import nn
 from timm.layers import trunc_normal_
 
 from ..layers import Dcls2d, get_interpolation
+from ..validation import check_positive_int
 from .families import DCLS_TYPES, ConvSite, Family, detect_family
 
 
@@ -66,8 +67,10 @@ def iso_kernel_count(model: nn.Module, version: Optional[str] = None, share_posi
     ``ndim * out * in/groups * taps`` positions (twice that for versions with a learnable sigma).
     """
     family = detect_family(model)
-    version = get_interpolation(version or family.defaults.version).name
-    sites = _sites_or_fail(model, family)
+    return _iso_kernel_count(_sites_or_fail(model, family), version or family.defaults.version, share_positions)
+
+
+def _iso_kernel_count(sites: list[ConvSite], version: str, share_positions: bool) -> int:
     budget = sum(site.conv.weight.numel() for site in sites)
     per_tap = sum(site.conv.out_channels * site.conv.in_channels // site.conv.groups for site in sites)
     position_arrays = 2 if get_interpolation(version).has_sigma else 1
@@ -112,12 +115,11 @@ def convert_to_dcls(
     version = get_interpolation(defaults.version if version is None else version).name
     if kernel_count is None:
         kernel_count = defaults.kernel_count
-    elif kernel_count == "iso":
-        kernel_count = iso_kernel_count(model, version, share_positions)
-    elif not isinstance(kernel_count, int) or isinstance(kernel_count, bool) or kernel_count < 1:
-        raise ValueError(f"kernel_count must be a positive int, None or 'iso', got {kernel_count!r}")
-
     sites = _sites_or_fail(model, family)
+    if kernel_count == "iso":
+        kernel_count = _iso_kernel_count(sites, version, share_positions)
+    else:
+        check_positive_int(kernel_count=kernel_count)
     for site in sites:
         if site.conv.dilation != (1, 1):
             raise ValueError(f"{site.name} is a dilated convolution (dilation={site.conv.dilation}); DCLS replaces undilated ones")
@@ -183,7 +185,11 @@ def tie_positions(model: nn.Module) -> nn.Module:
 
 def default_dilation(model: nn.Module, kernel_size: int) -> int:
     """The largest dilation whose span fits in the family's default DCLS kernel: ConvNeXt 7x7 -> 2, ResNet 3x3 -> 3."""
-    size = detect_family(model).defaults.dilated_kernel_size
+    return _default_dilation(detect_family(model), kernel_size)
+
+
+def _default_dilation(family: Family, kernel_size: int) -> int:
+    size = family.defaults.dilated_kernel_size
     return max(1, (size - 1) // (kernel_size - 1)) if kernel_size > 1 else 1
 
 
@@ -195,14 +201,14 @@ def convert_to_dilated(model: nn.Module, dilation: Optional[int] = None) -> nn.M
     uses ``default_dilation``.
     """
     family = detect_family(model)
-    if dilation is not None and (not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1):
-        raise ValueError(f"dilation must be a positive int or None, got {dilation!r}")
+    if dilation is not None:
+        check_positive_int(dilation=dilation)
     for site in _sites_or_fail(model, family):
         conv = site.conv
         k = conv.kernel_size[0]
         if conv.kernel_size[0] != conv.kernel_size[1] or k % 2 == 0:
             raise ValueError(f"{site.name} has kernel {conv.kernel_size}; dilating needs a square odd kernel")
-        d = default_dilation(model, k) if dilation is None else dilation
+        d = _default_dilation(family, k) if dilation is None else dilation
         dilated = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,

@@ -93,20 +93,26 @@ def _resnet_sites(model) -> Iterator[ConvSite]:
                     yield ConvSite(f"{layer_name}.{block_name}.{conv_name}", conv, stage)
 
 
+def _stage_blocks(model, stage: int) -> Iterator[tuple[str, nn.Module]]:
+    """(name, block) for every block of stage ``stage`` of a model built of ``stages[i].blocks``."""
+    for block_name, block in model.stages[stage].blocks.named_children():
+        yield f"stages.{stage}.blocks.{block_name}", block
+
+
 def _convnext_sites(model) -> Iterator[ConvSite]:
-    for stage, stage_module in enumerate(model.stages):
-        for block_name, block in stage_module.blocks.named_children():
+    for stage in range(len(model.stages)):
+        for name, block in _stage_blocks(model, stage):
             conv = getattr(block, "conv_dw", None)
             if isinstance(block, convnext.ConvNeXtBlock) and _plain_conv(conv) and _is_depthwise(conv):
-                yield ConvSite(f"stages.{stage}.blocks.{block_name}.conv_dw", conv, stage)
+                yield ConvSite(f"{name}.conv_dw", conv, stage)
 
 
 def _metaformer_sites(model) -> Iterator[ConvSite]:
-    for stage, stage_module in enumerate(model.stages):
-        for block_name, block in stage_module.blocks.named_children():
+    for stage in range(len(model.stages)):
+        for name, block in _stage_blocks(model, stage):
             mixer = getattr(block, "token_mixer", None)
             if isinstance(mixer, metaformer.SepConv) and _plain_conv(mixer.dwconv) and _is_depthwise(mixer.dwconv):
-                yield ConvSite(f"stages.{stage}.blocks.{block_name}.token_mixer.dwconv", mixer.dwconv, stage)
+                yield ConvSite(f"{name}.token_mixer.dwconv", mixer.dwconv, stage)
 
 
 def _fastvit_sites(model) -> Iterator[ConvSite]:
@@ -120,12 +126,12 @@ def _fastvit_sites(model) -> Iterator[ConvSite]:
             conv = pos_emb.pos_enc
             if _plain_conv(conv) and _is_depthwise(conv) and conv.kernel_size == (7, 7):
                 yield ConvSite(f"stages.{stage}.pos_emb.pos_enc", conv, stage)
-        for block_name, block in stage_module.blocks.named_children():
+        for name, block in _stage_blocks(model, stage):
             mlp = getattr(block, "mlp", None)
             if isinstance(mlp, fastvit.ConvMlp):
                 conv = mlp.conv.conv
                 if _plain_conv(conv) and _is_depthwise(conv) and conv.kernel_size == (7, 7):
-                    yield ConvSite(f"stages.{stage}.blocks.{block_name}.mlp.conv.conv", conv, stage)
+                    yield ConvSite(f"{name}.mlp.conv.conv", conv, stage)
 
 
 def _last_stage(model) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, SepConv
 from timm.models.resnet import BasicBlock, ResNet
 
+from ..validation import check_choice
 from .convert import convert_to_dcls, convert_to_dilated
 
 VARIANTS = ("baseline", "dilated", "dcls")
@@ -67,10 +68,8 @@ def create_small_model(
     version: Optional[str] = None,
 ) -> nn.Module:
     """A small ``family`` member (resnet, convnext, fastvit, convformer) as ``variant``."""
-    if family not in SMALL_FAMILIES:
-        raise ValueError(f"family must be one of {sorted(SMALL_FAMILIES)}, got {family!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_choice("family", family, sorted(SMALL_FAMILIES))
+    check_choice("variant", variant, VARIANTS)
     if not isinstance(width, int) or width < 4 or width % 2:
         raise ValueError(f"width must be an even int >= 4, got {width!r}")
     model = SMALL_FAMILIES[family](num_classes, width)

@@ -1,13 +1,10 @@
-"""Spiking networks with learnable synaptic delays (1-D DCLS, one tap per synapse)."""
+"""Spiking networks with learnable synaptic delays (1-D DCLS, one tap per synapse).
 
-from .delays import (
-    SigmaSchedule,
-    SynapticDelays,
-    clamp_delays,
-    delay_layers,
-    delay_param_groups,
-    set_sigma,
-)
+Their training recipe (parameter groups, clamping, the ``SIG`` schedule) is :mod:`dcls_lib.recipe`,
+shared with the image models.
+"""
+
+from .delays import SynapticDelays, delay_layers
 from .lif import LIF, LeakyReadout, lif_dynamics, spike
 from .model import DelaySNN, predict, readout_loss, readout_scores
 
@@ -15,15 +12,11 @@ __all__ = [
     "DelaySNN",
     "LIF",
     "LeakyReadout",
-    "SigmaSchedule",
     "SynapticDelays",
-    "clamp_delays",
     "delay_layers",
-    "delay_param_groups",
     "lif_dynamics",
     "predict",
     "readout_loss",
     "readout_scores",
-    "set_sigma",
     "spike",
 ]

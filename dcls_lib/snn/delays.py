@@ -17,28 +17,26 @@ Conventions of this module:
   this gives ``delay = (max_delay - 1 - max_delay // 2) - P``.  ``delays()`` and ``set_delays()``
   speak in delays so that nobody has to remember this.
 
-The published recipe, which ``SigmaSchedule`` and ``delay_param_groups`` implement: positions learn
-with 100x the weights' learning rate and no weight decay; the Gaussian's ``SIG`` is not learned but
-decays from ``max_delay // 2`` to 0.23 over the first quarter of the epochs; at evaluation the
-kernel is a triangle of ``SIG = 0`` at positions rounded to integers, i.e. every synapse has an
-exact integer delay.
+The published recipe (:mod:`dcls_lib.recipe`, with ``position_lr_scale=100`` and
+``SigmaSchedule.exponential``): positions learn with 100x the weights' learning rate and no weight
+decay; the Gaussian's ``SIG`` is not learned but decays from ``max_delay // 2`` to 0.23 over the first
+quarter of the epochs; at evaluation the kernel is a triangle of ``SIG = 0`` at positions rounded to
+integers, i.e. every synapse has an exact integer delay.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import recipe
 from ..layers import Dcls1d, construct_kernel, position_limits
+from ..validation import check_positive_int
 
 TRAIN_VERSIONS = ("gauss", "max")
-FINAL_SIGMA = 0.23  # where the published schedule ends (Gaussian width |SIG| + 0.27 = 0.5 step)
-POSITION_LR_SCALE = 100.0
 
 
 class SynapticDelays(nn.Module):
@@ -72,8 +70,7 @@ class SynapticDelays(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        if not isinstance(max_delay, int) or isinstance(max_delay, bool) or max_delay < 1:
-            raise ValueError(f"max_delay must be a positive int (time steps), got {max_delay!r}")
+        check_positive_int(max_delay=max_delay)
         if version not in TRAIN_VERSIONS:
             raise ValueError(f"version must be one of {TRAIN_VERSIONS} (interpolations with a SIG), got {version!r}")
         if not isinstance(tail, int) or isinstance(tail, bool) or tail < 0:
@@ -127,13 +124,9 @@ class SynapticDelays(nn.Module):
         self.dcls.SIG.requires_grad_(False)
         self.set_sigma(self.max_delay // 2)
 
-    @torch.no_grad()
     def set_sigma(self, value: float) -> None:
         """Set the interpolation width ``SIG`` of every synapse (the recipe schedules it, see ``SigmaSchedule``)."""
-        value = float(value)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"sigma must be a finite number >= 0, got {value!r}")
-        self.dcls.SIG.fill_(value)
+        recipe.set_sigma(self, value)
 
     @torch.no_grad()
     def clamp_parameters(self) -> None:
@@ -200,77 +193,3 @@ class SynapticDelays(nn.Module):
 
 def delay_layers(model: nn.Module) -> Iterator[SynapticDelays]:
     return (m for m in model.modules() if isinstance(m, SynapticDelays))
-
-
-def set_sigma(model: nn.Module, value: float) -> None:
-    """Set ``SIG`` of every ``SynapticDelays`` in ``model``."""
-    for layer in delay_layers(model):
-        layer.set_sigma(value)
-
-
-def clamp_delays(model: nn.Module) -> None:
-    """Keep every delay of ``model`` in range; call after each optimiser step."""
-    for layer in delay_layers(model):
-        layer.clamp_parameters()
-
-
-@dataclass(frozen=True)
-class SigmaSchedule:
-    """``SIG`` per epoch: exponential decay from ``start`` to ``end`` over ``decay_epochs``, then ``end``.
-
-    The published recipe is ``SigmaSchedule.recipe(max_delay, epochs)``: from ``max_delay // 2`` to
-    0.23 over the first quarter of the epochs.  ``SigmaSchedule.constant(v)`` keeps ``v``.
-    A schedule whose ``start <= end`` never decays (as the authors' code, which decays only while
-    ``SIG > 0.23``).
-    """
-
-    start: float
-    end: float = FINAL_SIGMA
-    decay_epochs: int = 0
-
-    def __post_init__(self):
-        if self.start < 0 or self.end < 0 or self.decay_epochs < 0:
-            raise ValueError(f"SigmaSchedule needs start, end, decay_epochs >= 0, got {self}")
-
-    @classmethod
-    def recipe(cls, max_delay: int, epochs: int) -> "SigmaSchedule":
-        """From ``max_delay // 2`` to 0.23 over the first quarter of ``epochs`` (at least one epoch)."""
-        return cls(float(max_delay // 2), FINAL_SIGMA, max(1, epochs // 4))
-
-    @classmethod
-    def constant(cls, value: float) -> "SigmaSchedule":
-        return cls(float(value), float(value), 0)
-
-    def __call__(self, epoch: int) -> float:
-        if self.decay_epochs == 0 or self.start <= self.end:
-            return self.start
-        fraction = min(epoch, self.decay_epochs) / self.decay_epochs
-        return self.start * (self.end / self.start) ** fraction
-
-
-def delay_param_groups(
-    model: nn.Module, lr: float, weight_decay: float = 0.0, position_lr_scale: float = POSITION_LR_SCALE
-) -> list[dict]:
-    """Optimiser parameter groups for the recipe.
-
-    ``weights``: matrices, with ``weight_decay``; ``no_decay``: biases and normalisation parameters;
-    ``positions``: the delays, at ``lr * position_lr_scale`` and no weight decay.  Frozen parameters
-    (``SIG``, fixed delays) are left out.
-    """
-    position_ids = {id(layer.positions) for layer in delay_layers(model)}
-    groups = {"weights": [], "no_decay": [], "positions": []}
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        if id(param) in position_ids:
-            groups["positions"].append(param)
-        elif param.dim() <= 1:
-            groups["no_decay"].append(param)
-        else:
-            groups["weights"].append(param)
-    settings = {
-        "weights": {"lr": lr, "weight_decay": weight_decay},
-        "no_decay": {"lr": lr, "weight_decay": 0.0},
-        "positions": {"lr": lr * position_lr_scale, "weight_decay": 0.0},
-    }
-    return [{"name": name, "params": params, **settings[name]} for name, params in groups.items() if params]

@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..validation import check_choice
+
 RESETS = ("zero", "subtract")
 
 
@@ -75,8 +77,7 @@ def lif_dynamics(
     threshold), both ``(batch, neurons, time)``.
     """
     _check_input(input, "lif_dynamics")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    check_choice("reset", reset, RESETS)
     beta = 1.0 - 1.0 / _check_tau(tau)
     v = torch.zeros_like(input[..., 0])
     spikes, potentials = [], []
@@ -101,8 +102,7 @@ class LIF(nn.Module):
         self, tau: float = 2.0, threshold: float = 1.0, reset: str = "zero", alpha: float = 5.0, detach_reset: bool = True
     ) -> None:
         super().__init__()
-        if reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        check_choice("reset", reset, RESETS)
         self.tau = _check_tau(tau)
         self.threshold = float(threshold)
         self.reset = reset

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..validation import check_choice, check_positive_int
 from .delays import SynapticDelays
 from .lif import LIF, LeakyReadout
 
@@ -41,10 +42,8 @@ class DelaySNN(nn.Module):
         tail: int = 0,
     ) -> None:
         super().__init__()
-        if delays not in DELAY_KINDS:
-            raise ValueError(f"delays must be one of {DELAY_KINDS}, got {delays!r}")
-        if n_hidden_layers < 1:
-            raise ValueError(f"n_hidden_layers must be >= 1, got {n_hidden_layers!r}")
+        check_choice("delays", delays, DELAY_KINDS)
+        check_positive_int(n_hidden_layers=n_hidden_layers)
         self.delay_kind = delays
         span = 1 if delays == "none" else max_delay
 

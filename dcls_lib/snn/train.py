@@ -1,6 +1,6 @@
 """Training spiking networks with learned, random or no delays, with the published recipe.
 
-``run_study`` trains the book's arms on the offline delay task (or on SHD, given its files) and
+``run_delay_study`` trains the book's arms on the offline delay task (or on SHD, given its files) and
 returns (and optionally writes as JSON) their histories, final accuracies and delays, with what
 produced them.  Sizes come from the run profile (``DCLS_PROFILE``: smoke, cpu, gpu).
 
@@ -16,7 +16,7 @@ import argparse
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -26,17 +26,19 @@ from tqdm.auto import tqdm
 
 from ..data.delay_task import DelayTaskSpec, make_splits
 from ..files import write_json
-from ..runtime import current_profile, default_device, run_info, run_label
-from .delays import SigmaSchedule, clamp_delays, delay_layers, delay_param_groups, set_sigma
+from ..recipe import FINAL_SIGMA, RecipeConfig, SigmaSchedule, clamp_positions, param_groups, set_sigma
+from ..runtime import current_profile, resolve_device, run_info, run_label
+from .delays import delay_layers
 from .model import DelaySNN, predict, readout_loss
 
-SIGMA_SCHEDULES = ("recipe", "small", "wide")
+# The sigma arms: the published recipe (exponential decay), and constant small or wide widths.
+SIGMA_ARMS = ("recipe", "small", "wide")
 # (delays, sigma schedule): the three arms, then the sigma ablation of the learned arm.
 STUDY_RUNS = (("learned", "recipe"), ("none", "recipe"), ("random", "recipe"), ("learned", "small"), ("learned", "wide"))
 
 
 @dataclass(frozen=True)
-class DelayRunConfig:
+class DelayRunConfig(RecipeConfig):
     """Everything a run depends on (the data, the network, the optimisation)."""
 
     task: DelayTaskSpec = field(default_factory=DelayTaskSpec)
@@ -50,16 +52,10 @@ class DelayRunConfig:
     dropout: float = 0.0
     tail: int = 0
     epochs: int = 20
-    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
     position_lr_scale: float = 100.0
-    seed: int = 0
-    amp: bool = False  # bfloat16 autocast on CUDA
     cpu_threads: int = 1  # on CPU; 0 keeps torch's setting (these small networks run fastest on one thread)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 PROFILE_CONFIGS = {
@@ -75,7 +71,7 @@ PROFILE_CONFIGS = {
 }
 
 
-def profile_config(profile: Optional[str] = None) -> DelayRunConfig:
+def delay_profile_config(profile: Optional[str] = None) -> DelayRunConfig:
     """The run settings of a profile (the current one by default)."""
     return PROFILE_CONFIGS[profile or current_profile()]
 
@@ -127,14 +123,15 @@ def shd_data(config: DelayRunConfig, root: str | os.PathLike, download: bool = F
     )
 
 
-def sigma_schedule(name: str, config: DelayRunConfig) -> SigmaSchedule:
-    if name == "recipe":
-        return SigmaSchedule.recipe(config.max_delay, config.epochs)
-    if name == "small":
-        return SigmaSchedule.constant(0.23)
-    if name == "wide":
+def arm_schedule(arm: str, config: DelayRunConfig) -> SigmaSchedule:
+    """The ``SIG`` schedule of a sigma arm of ``SIGMA_ARMS``."""
+    if arm == "recipe":
+        return SigmaSchedule.exponential(config.max_delay, config.epochs)
+    if arm == "small":
+        return SigmaSchedule.constant(FINAL_SIGMA)
+    if arm == "wide":
         return SigmaSchedule.constant(config.max_delay // 2)
-    raise ValueError(f"sigma schedule must be one of {SIGMA_SCHEDULES}, got {name!r}")
+    raise ValueError(f"sigma schedule must be one of the arms {SIGMA_ARMS}, got {arm!r}")
 
 
 def build_model(config: DelayRunConfig, delays: str, n_inputs: int, n_classes: int) -> DelaySNN:
@@ -176,7 +173,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, discret
 def delay_ablation(model: nn.Module, loader: DataLoader, device: torch.device | str, seed: int = 0) -> dict[str, float]:
     """Test accuracy of a trained network as it is, with each layer's delays shuffled among its
     synapses (same delays, wrong synapses), and with every delay set to 0 (same weights, no delays)."""
-    device = torch.device(device)
+    device = resolve_device(device)
     layers = list(delay_layers(model))
     saved = [layer.positions.detach().clone() for layer in layers]
     gen = torch.Generator().manual_seed(seed)
@@ -209,8 +206,8 @@ def train_run(
     progress: bool = True,
 ) -> dict:
     """Train one network and return its history, final test accuracy and delays."""
-    device = torch.device(device) if device is not None else default_device()
-    schedule = sigma_schedule(sigma, config)
+    device = resolve_device(device)
+    schedule = arm_schedule(sigma, config)
     data = data or delay_task_data(config)
     with _cpu_threads(device, config.cpu_threads):
         return _train(config, delays, sigma, schedule, data, device, progress)
@@ -234,7 +231,7 @@ def _train(config, delays, sigma, schedule, data, device, progress) -> dict:
     torch.manual_seed(config.seed)
     model = build_model(config, delays, data.n_inputs, data.n_classes).to(device)
     optimizer = torch.optim.Adam(
-        delay_param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)
+        param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     learned = delays == "learned"
@@ -255,7 +252,7 @@ def _train(config, delays, sigma, schedule, data, device, progress) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            clamp_delays(model)
+            clamp_positions(model)
             loss_sum += float(loss.detach()) * y.numel()
             correct += int((predict(potentials.float()) == y).sum())
             seen += y.numel()
@@ -286,7 +283,7 @@ def _train(config, delays, sigma, schedule, data, device, progress) -> dict:
     }
 
 
-def run_study(
+def run_delay_study(
     config: Optional[DelayRunConfig] = None,
     runs: Sequence[tuple[str, str]] = STUDY_RUNS,
     data: Optional[RunData] = None,
@@ -301,8 +298,8 @@ def run_study(
     (the trained ``model`` is kept in memory, not in the JSON).
     """
     profile = profile or current_profile()
-    config = config or profile_config(profile)
-    device = torch.device(device) if device is not None else default_device()
+    config = config or delay_profile_config(profile)
+    device = resolve_device(device)
     data = data or delay_task_data(config)
     results = []
     for delays, sigma in tqdm(runs, desc="runs", disable=not progress):
@@ -347,11 +344,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--data shd needs --shd-root")
         config = shd_config()
     else:
-        config = profile_config(profile)
+        config = delay_profile_config(profile)
     if args.epochs:
         config = replace(config, epochs=args.epochs)
     data = shd_data(config, args.shd_root, download=args.download) if args.data == "shd" else None
-    study = run_study(config, _parse_runs(args.runs), data=data, device=args.device, log_path=args.out,
+    study = run_delay_study(config, _parse_runs(args.runs), data=data, device=args.device, log_path=args.out,
                       progress=not args.no_progress, profile=profile)
     for run in study["runs"]:
         print(f"{run['delays']:>8} delays, sigma {run['sigma_schedule'] or '-':>6}: test accuracy {run['test_acc']:.3f}")

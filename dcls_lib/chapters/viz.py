@@ -17,6 +17,8 @@ import torch
 from matplotlib.colors import TwoSlopeNorm
 from PIL import Image
 
+from ..tables import table_text
+
 LABEL_STYLE = {"fontsize": 7, "color": "0.35", "ha": "left", "va": "top"}
 
 
@@ -77,10 +79,15 @@ def plot_kernel(
     return image
 
 
-def figure_png(fig: plt.Figure, dpi: int = 80, colors: Optional[int] = 128) -> bytes:
-    """The figure as PNG bytes, palette-reduced to ``colors`` colours (small enough to embed many)."""
+def figure_png(fig: plt.Figure, dpi: int = 80, colors: Optional[int] = 128, close: bool = False) -> bytes:
+    """The figure as PNG bytes, palette-reduced to ``colors`` colours (small enough to embed many);
+    ``close`` closes the figure afterwards (a frame drawn only to be embedded)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        if close:
+            plt.close(fig)
     if colors is None:
         return buffer.getvalue()
     image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
@@ -107,20 +114,19 @@ def plot_tap_frame(
     landscape: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     sigma: Optional[float] = None,
     derivative_limit: Optional[float] = None,
-    label: Optional[str] = None,
     title: Optional[str] = None,
 ) -> plt.Figure:
     """One frame of the moving-tap explorer: the kernel of a tap at (0, ``column``), the derivative
     of the kernel with respect to the tap's column, and the loss ||K - target||^2 with its gradient
     along the row (``landscape`` = (columns, losses, gradients), as from ``tap_gradient.loss_landscape``).
     """
-    from .tap_gradient import kernel_position_derivative, tap_kernel
+    from .tap_gradient import kernel_position_derivative, tap_kernel, tap_loss
 
     position = (0.0, float(column))
     kernel = tap_kernel(version, size, position, sigma)
     dk = kernel_position_derivative(version, size, position, sigma)[1]
     columns, losses, grads = (t.detach().cpu().numpy() for t in landscape)
-    loss_here = float(((kernel - target.to(kernel)) ** 2).sum())
+    loss_here = float(tap_loss(version, size, position, target, sigma))
     grad_here = float(np.interp(column, columns, grads))
 
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1), gridspec_kw={"width_ratios": [1, 1, 1.5]})
@@ -146,8 +152,6 @@ def plot_tap_frame(
     ax.set_title(f"loss {loss_here:.3f}, gradient {grad_here:+.3f}", fontsize=9)
     fig.suptitle(title or version, fontsize=10)
     fig.subplots_adjust(left=0.04, right=0.93, top=0.82, bottom=0.16, wspace=0.35)
-    if label:
-        label_figure(fig, label)
     return fig
 
 
@@ -169,19 +173,6 @@ def plot_receptive_field(ax: plt.Axes, erf, title: Optional[str] = None, radius:
     if title:
         ax.set_title(title, fontsize=9)
     return image
-
-
-def table_text(rows: Sequence[dict]) -> str:
-    """Rows of dicts (the same keys, in the same order) as the text of a Markdown table."""
-    if not rows:
-        raise ValueError("a table needs at least one row")
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        if list(row) != header:
-            raise ValueError(f"every row needs the columns {header}, got {list(row)}")
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |")
-    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[dict], caption: str = ""):

@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from .cam import StudyCAM
-from .data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
-from .evaluate import PixelNormalize
-from .heatmaps import METHOD_NAMES, plot_heatmap_grid
-from .metrics import spearman
-from .models import cam_target, parameter_count
-from .study import EXPLAINERS, StudyResults
-from .train import load_positions, load_run
+from ..cam import StudyCAM
+from ..data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
+from ..evaluate import PixelNormalize
+from ..metrics import spearman
+from ..models import cam_target, parameter_count
+from ..cam import EXPLAINERS
+from ..study import StudyResults
+from ..train import load_positions, load_run
+from .heatmap_plots import METHOD_NAMES, plot_heatmap_grid
 
 VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab:blue"}
 

@@ -16,15 +16,15 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .layers import Dcls2d, position_limits
+from ..layers import Dcls2d, position_limits
+from ..validation import check_positive_int
 
 IntOrSeq = Union[int, Sequence[int]]
 
 
 def footprint(kernel_size: int, dilation: int = 1) -> int:
     """Width in pixels covered by a kernel of ``kernel_size`` taps spaced ``dilation`` apart."""
-    if kernel_size < 1 or dilation < 1:
-        raise ValueError(f"kernel_size and dilation must be >= 1, got {kernel_size} and {dilation}")
+    check_positive_int(kernel_size=kernel_size, dilation=dilation)
     return dilation * (kernel_size - 1) + 1
 
 
@@ -37,8 +37,7 @@ def theoretical_receptive_field(kernel_sizes: Sequence[int], dilations: IntOrSeq
         raise ValueError(f"need one dilation and one stride per layer ({depth}), got {dilations} and {strides}")
     width, jump = 1, 1
     for k, d, s in zip(kernel_sizes, dilations, strides):
-        if s < 1:
-            raise ValueError(f"strides must be >= 1, got {strides}")
+        check_positive_int(stride=s)
         width += (footprint(k, d) - 1) * jump
         jump *= s
     return width
@@ -61,8 +60,7 @@ def conv_stack(
     (taps near the centre, N(0, 0.5)) and ``"uniform"`` spreads them uniformly over the footprint,
     as learned positions tend to end up.  Otherwise each layer is an ``nn.Conv2d``.
     """
-    if depth < 1 or channels < 1:
-        raise ValueError(f"depth and channels must be >= 1, got {depth} and {channels}")
+    check_positive_int(depth=depth, channels=channels)
     if positions not in ("reference", "uniform"):
         raise ValueError(f"positions must be 'reference' or 'uniform', got {positions!r}")
     if taps is not None and dilation != 1:
@@ -103,8 +101,7 @@ def effective_receptive_field(
     y_centre is the sum over output channels of the centre pixel.  Returns a (size, size) tensor
     on the CPU.  The model must keep the spatial size (same padding, stride 1).
     """
-    if size < 1 or samples < 1:
-        raise ValueError(f"size and samples must be >= 1, got {size} and {samples}")
+    check_positive_int(size=size, samples=samples)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(samples, in_channels, size, size, generator=generator).to(device).requires_grad_(True)

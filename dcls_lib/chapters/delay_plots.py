@@ -1,4 +1,4 @@
-"""Figures and tables for the delay chapter; every figure carries the label of what produced it."""
+"""Figures and table rows for the delay chapter (8); the chapter labels each figure with ``viz.label_figure``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ import numpy as np
 import torch
 from matplotlib import ticker
 
-from ..viz import table_text
-from .delays import SigmaSchedule, SynapticDelays
-
-
-def _caption(fig, label: str) -> None:
-    fig.text(0.01, 0.005, label, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+from ..recipe import SigmaSchedule
+from ..snn.delays import SynapticDelays
 
 
 def run_name(run: dict) -> str:
@@ -24,7 +19,7 @@ def run_name(run: dict) -> str:
     return {"none": "no delays", "random": "fixed random delays"}[run["delays"]]
 
 
-def plot_delay_kernel(max_delay: int, delay: float, sigmas: Sequence[float], label: str):
+def plot_delay_kernel(max_delay: int, delay: float, sigmas: Sequence[float]):
     """One synapse's kernel while training (Gaussian of each ``SIG``) and at evaluation (rounded)."""
     layer = SynapticDelays(1, 1, max_delay)
     with torch.no_grad():
@@ -40,11 +35,11 @@ def plot_delay_kernel(max_delay: int, delay: float, sigmas: Sequence[float], lab
     ax.axvline(delay, color="k", lw=0.8, ls=":")
     ax.set(xlabel="delay (time steps)", ylabel="kernel weight", title=f"A synapse with delay {delay:g} as a 1-D DCLS tap")
     ax.legend(fontsize=8)
-    _caption(fig, label)
+    fig.tight_layout()
     return fig
 
 
-def plot_sigma_schedules(schedules: dict[str, SigmaSchedule], epochs: int, label: str):
+def plot_sigma_schedules(schedules: dict[str, SigmaSchedule], epochs: int):
     fig, ax = plt.subplots(figsize=(6, 2.8))
     for name, schedule in schedules.items():
         ax.plot(range(1, epochs + 1), [schedule(e) for e in range(epochs)], marker=".", label=name)
@@ -52,11 +47,11 @@ def plot_sigma_schedules(schedules: dict[str, SigmaSchedule], epochs: int, label
     ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.legend(fontsize=8)
-    _caption(fig, label)
+    fig.tight_layout()
     return fig
 
 
-def plot_task_samples(x: torch.Tensor, y: torch.Tensor, n_classes: int, label: str):
+def plot_task_samples(x: torch.Tensor, y: torch.Tensor, n_classes: int):
     """One raster per class: spikes per channel over time."""
     fig, axes = plt.subplots(1, n_classes, figsize=(3 * n_classes, 2.6), sharey=True)
     for k, ax in enumerate(np.atleast_1d(axes)):
@@ -65,12 +60,12 @@ def plot_task_samples(x: torch.Tensor, y: torch.Tensor, n_classes: int, label: s
         ax.scatter(times, channels, marker="|", s=120, color=f"C{k}")
         ax.set(title=f"class {k}", xlabel="time step", xlim=(-0.5, x.shape[-1] - 0.5))
     np.atleast_1d(axes)[0].set_ylabel("input channel")
-    _caption(fig, label)
+    fig.tight_layout()
     return fig
 
 
-def results_table(runs: Sequence[dict]) -> str:
-    """A Markdown table of the runs' final accuracies."""
+def results_rows(runs: Sequence[dict]) -> list[dict]:
+    """A table row per run: its final accuracies and training time."""
     rows = []
     for run in runs:
         last = run["history"][-1]
@@ -78,10 +73,17 @@ def results_table(runs: Sequence[dict]) -> str:
         rows.append({"synapses": run_name(run), "test accuracy (integer delays)": f"{run['test_acc']:.3f}",
                      "same, interpolated kernel": "-" if interpolated is None else f"{interpolated:.3f}",
                      "train accuracy": f"{last['train_acc']:.3f}", "minutes": f"{run['train_seconds'] / 60:.1f}"})
-    return table_text(rows)
+    return rows
 
 
-def plot_histories(runs: Sequence[dict], label: str, interpolated: bool = False):
+def ablation_rows(ablation: dict[str, float]) -> list[dict]:
+    """The rows of ``snn.train.delay_ablation``'s result: the learned network's delays as learned,
+    shuffled among its synapses, and all zero."""
+    names = {"learned": "as learned", "shuffled": "shuffled among synapses", "zero": "all zero"}
+    return [{"the learned network's delays": names[key], "test accuracy": f"{acc:.3f}"} for key, acc in ablation.items()]
+
+
+def plot_histories(runs: Sequence[dict], interpolated: bool = False):
     """Test accuracy per epoch (integer delays; dashed: the training interpolation)."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for i, run in enumerate(runs):
@@ -93,11 +95,11 @@ def plot_histories(runs: Sequence[dict], label: str, interpolated: bool = False)
     title = "Test accuracy (solid: integer delays" + ("; dashed: interpolated kernel)" if interpolated else ")")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    _caption(fig, label)
+    fig.tight_layout()
     return fig
 
 
-def plot_delay_histograms(run: dict, max_delay: int, label: str):
+def plot_delay_histograms(run: dict, max_delay: int):
     """Histograms of every layer's integer delays at initialisation and after training."""
     layers = len(run["delays_final"])
     fig, axes = plt.subplots(1, layers, figsize=(4.5 * layers, 3), squeeze=False)
@@ -108,5 +110,5 @@ def plot_delay_histograms(run: dict, max_delay: int, label: str):
         ax.set(xlabel="delay (time steps)", ylabel="synapses",
                title=f"layer {i + 1} ({'output' if i == layers - 1 else 'hidden'})")
         ax.legend(fontsize=8)
-    _caption(fig, label)
+    fig.tight_layout()
     return fig

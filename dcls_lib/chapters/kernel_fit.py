@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .layers import DclsNd
+from ..layers import DclsNd
+from ..recipe import clamp_positions, param_groups
 
 
 @dataclass
@@ -49,10 +50,7 @@ def fit_kernel(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     target = target.to(device=layer.weight.device, dtype=layer.weight.dtype)
-    groups = [{"params": [layer.weight], "lr": lr}]
-    positional = [layer.P] + ([layer.SIG] if layer.SIG is not None else [])
-    groups.append({"params": positional, "lr": lr * position_lr_scale, "weight_decay": 0.0})
-    optimizer = torch.optim.Adam(groups)
+    optimizer = torch.optim.Adam(param_groups(layer, lr, weight_decay=0.0, position_lr_scale=position_lr_scale))
 
     losses: list[float] = []
     positions = [layer.P.detach().cpu().clone()]
@@ -68,7 +66,7 @@ def fit_kernel(
         losses.append(float(loss.detach()))
         loss.backward()
         optimizer.step()
-        layer.clamp_parameters()
+        clamp_positions(layer)
         positions.append(layer.P.detach().cpu().clone())
         if sigmas is not None:
             sigmas.append(layer.SIG.detach().cpu().clone())

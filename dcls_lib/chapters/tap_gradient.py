@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .layers import construct_kernel, get_interpolation
+from ..layers import construct_kernel, get_interpolation
 
 
 def tap_kernel(version: str, size: int, position: Sequence[float] | Tensor, sigma: Optional[float] = None) -> Tensor:
@@ -43,7 +43,7 @@ def kernel_position_derivative(version: str, size: int, position, sigma: Optiona
     return jac.permute(2, 0, 1)
 
 
-def kernel_loss(version: str, size: int, position, target: Tensor, sigma: Optional[float] = None) -> Tensor:
+def tap_loss(version: str, size: int, position, target: Tensor, sigma: Optional[float] = None) -> Tensor:
     """||K(p) - target||^2, the loss a tap at ``position`` has against a ``target`` kernel."""
     kernel = tap_kernel(version, size, position, sigma)
     if target.shape != kernel.shape:
@@ -76,7 +76,7 @@ def loss_landscape(version: str, size: int, columns: Tensor, target: Tensor, row
     losses, grads = [], []
     for c in columns.tolist():
         p = torch.tensor([row, c], dtype=torch.float64, requires_grad=True)
-        loss = kernel_loss(version, size, p, target, sigma)
+        loss = tap_loss(version, size, p, target, sigma)
         (g,) = torch.autograd.grad(loss, p)
         losses.append(float(loss.detach()))
         grads.append(float(g[1]))
