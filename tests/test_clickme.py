@@ -296,3 +296,14 @@ def test_download_from_a_file_url(tmp_path):
     write_clickme_shard(source / "val-0.tfrecords", samples(1))
     paths = download_clickme_val(tmp_path / "cache", shards=[0], url=source.as_uri() + "/val-{index}.tfrecords", progress=False)
     assert paths[0].read_bytes() == (source / "val-0.tfrecords").read_bytes()
+
+
+def test_study_quirk_casts_the_resized_image_to_uint8(tmp_path):
+    """The study's code truncated the resized image to uint8 before dividing by 255; the default keeps the fractions."""
+    image = samples(1, seed=4)[0][0]
+    resized = resize_bilinear(image, 224)
+    clean, quirk = preprocess_image(image), preprocess_image(image, uint8=True)
+    assert torch.equal(quirk, torch.from_numpy(np.floor(resized).transpose(2, 0, 1) / np.float32(255)))
+    assert torch.allclose(clean, torch.from_numpy(resized.transpose(2, 0, 1) / 255)) and not torch.equal(clean, quirk)
+    write_clickme_shard(tmp_path / "val-0.tfrecords", samples(2, seed=4))
+    assert torch.equal(ClickMe(tmp_path, uint8_images=True)[0][0], preprocess_image(ClickMe(tmp_path).raw(0)[0], uint8=True))
