@@ -197,20 +197,6 @@ def test_pixel_normalize():
     assert torch.allclose(out[:, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]).expand(2, 3))
 
 
-def test_command_line_scores_a_model_trained_on_synthclick(tmp_path, capsys):
-    """`--model run:DIR` evaluates a dcls_lib.train run at the size it was trained at, no checkpoint needed."""
-    from dcls_lib.evaluate import main
-    from dcls_lib.train import profile_config, train
-
-    train(profile_config("smoke", family="resnet", variant="baseline", epochs=1), tmp_path / "run", progress=False)
-    summary = main(["--model", f"run:{tmp_path / 'run'}", "--data", "synthclick", "--limit", "6",
-                    "--batch-size", "4", "--results", str(tmp_path / "scores.jsonl"), "--no-progress"])
-    assert summary.images == 6
-    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
-    assert sum(row["type"] == "image" for row in rows) == 6
-    assert "synthclick:test:64px" in (tmp_path / "scores.jsonl").read_text()
-
-
 def test_top_ten_percent_dice_and_iou_as_harmonization_computes_them(clickme, tmp_path):
     """Each map binarised above its own 90th percentile (numpy's), Dice and IoU with Harmonization's epsilon."""
     net, normalize = model(), PixelNormalize()
