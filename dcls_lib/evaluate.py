@@ -440,7 +440,14 @@ def evaluate_alignment(
 
 # --- command line ------------------------------------------------------------------------------------
 
-TRAINED_RUN = "run:"  # --model run:DIR, a model trained on SynthClick by dcls_lib.train
+def trained_run_dir(model: str) -> Optional[Path]:
+    """The folder of ``--model run:DIR`` (a model trained on SynthClick by ``dcls_lib.train``), else None."""
+    kind, colon, folder = model.partition(":")
+    if kind != "run" or not colon:
+        return None
+    if not folder:
+        raise ValueError("--model run:DIR needs the folder of a run trained by dcls_lib.train")
+    return Path(folder)
 
 
 @dataclass
@@ -466,11 +473,12 @@ def load_model(name: str, checkpoint: Optional[str], image_size: int, seed: int 
 
     from . import models
 
-    if name.startswith(TRAINED_RUN):
+    run_dir = trained_run_dir(name)
+    if run_dir is not None:
         from .data.synthclick import SynthClick
         from .train import load_run
 
-        model = load_run(name[len(TRAINED_RUN):], device="cpu").model
+        model = load_run(run_dir, device="cpu").model
         target = models.cam_target(model)
         return LoadedModel(model, target.layer, target.reshape_transform, PixelNormalize(SynthClick.mean, SynthClick.std))
     torch.manual_seed(seed)
@@ -523,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dcls_lib.evaluate",
         description="Human alignment of a model's Grad-CAM / Threshold-Grad-CAM heatmaps (Spearman against "
-                    "human maps / 0.65753, with Harmonization's top-10%% Dice and IoU). Rerun the same command "
+                    "human maps / 0.65753, with Harmonization's top-10% Dice and IoU). Rerun the same command "
                     "to resume an interrupted run.",
     )
     parser.add_argument("--model", required=True,
@@ -557,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_record(args) -> dict:
     """What defines the weights, for the results' settings: the file's name and SHA-256, or the seed."""
-    if args.model.startswith(TRAINED_RUN):
+    if trained_run_dir(args.model) is not None:
         return {"checkpoint": None}
     if args.checkpoint is None:
         return {"checkpoint": None, "seed": args.seed}
@@ -569,7 +577,8 @@ def _checkpoint_record(args) -> dict:
 
 def _default_results(args, record: dict) -> Path:
     """runs/alignment/<model>_<checkpoint stem>-<sha256[:8]> or _random-seed<N>_<explainer>_<data>.jsonl."""
-    model = Path(args.model[len(TRAINED_RUN):]).name if args.model.startswith(TRAINED_RUN) else args.model
+    run_dir = trained_run_dir(args.model)
+    model = run_dir.name if run_dir is not None else args.model
     if record.get("checkpoint_sha256"):
         weights = f"_{record['checkpoint'].split('.')[0]}-{record['checkpoint_sha256'][:8]}"
     else:
@@ -585,8 +594,8 @@ def main(argv: Optional[Sequence[str]] = None) -> AlignmentSummary:
 def run(args: argparse.Namespace) -> AlignmentSummary:
     """The evaluation the parsed command line asks for; prints the summary table."""
     say = (lambda message: None) if args.no_progress else (lambda message: print(message, file=sys.stderr, flush=True))
-    trained_run = args.model.startswith(TRAINED_RUN)
-    if not trained_run and (args.checkpoint is None) == (not args.random_init):
+    run_dir = trained_run_dir(args.model)
+    if run_dir is None and (args.checkpoint is None) == (not args.random_init):
         raise ValueError("give either --checkpoint FILE or --random-init (random weights, for smoke runs), "
                          "or a SynthClick-trained --model run:DIR")
     if args.study_quirks and args.constant_maps == "zero":
@@ -595,10 +604,10 @@ def run(args: argparse.Namespace) -> AlignmentSummary:
     record = _checkpoint_record(args)  # a missing checkpoint is reported before the data is read
     if args.image_size is None:
         args.image_size = 224
-        if trained_run:
+        if run_dir is not None:
             from .train import load_run
 
-            args.image_size = load_run(args.model[len(TRAINED_RUN):], device="cpu").config.image_size
+            args.image_size = load_run(run_dir, device="cpu").config.image_size
     say(f"reading {args.data} ...")
     dataset, data_name = open_dataset(args.data, args.cache_dir, args.image_size, progress=not args.no_progress,
                                       study_quirks=args.study_quirks)
