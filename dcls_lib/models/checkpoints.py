@@ -23,7 +23,9 @@ Where each layout comes from (read from the authors' public code, see ``families
 - ``metaformer-sail``: sail-sg/metaformer ``metaformer_baselines.py`` (``downsample_layers.<s>``,
   ``stages.<s>.<b>.token_mixer.{pwconv1,dwconv,pwconv2}`` as Linear/Conv/Linear, ``norm``, ``head``),
   trained with timm's ``train.py``: ``"state_dict_ema"``.  Mapped with
-  ``timm.models.metaformer.checkpoint_filter_fn``.
+  ``timm.models.metaformer.checkpoint_filter_fn``.  Its ``MlpHead`` normalises with ``nn.LayerNorm``'s
+  eps 1e-5 where timm's uses 1e-6, so a model loading such a file is set to 1e-5 (timm's own
+  ``sail_in1k`` weights of the baselines, converted from the same code, keep timm's 1e-6).
 - ``fastvit-apple``: apple/ml-fastvit ``models/fastvit.py`` (``patch_embed``, ``network.<i>`` with the
   positional encoding at ``network.6.pe``, ``convffn``, ``conv_exp``, ``head``), trained with timm's
   ``train.py``: ``"state_dict_ema"``.  Mapped with ``timm.models.fastvit.checkpoint_filter_fn``.
