@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dcls_lib.data.clickme import ClickMe, write_clickme_shard
-from dcls_lib.evaluate import PixelNormalize, evaluate_alignment
+from dcls_lib.evaluate import ExplainerSettings, PixelNormalize, evaluate_alignment
 from dcls_lib.metrics import HUMAN_CEILING
 from dcls_lib.measure import timed
 from dcls_lib.runtime import run_label
@@ -153,7 +153,7 @@ def main() -> None:
             results = Path(folder) / f"{name}-{time.perf_counter_ns()}.jsonl"
             summary = evaluate_alignment(
                 ours_model, ours_layer, data, preprocess=PixelNormalize(), batch_size=args.batch_size, device=device,
-                amp=args.amp, results_path=results, constant="skip", num_workers=workers, progress=False,
+                settings=ExplainerSettings(amp=args.amp), results_path=results, constant="skip", num_workers=workers, progress=False,
             )
             return summary.alignment
 

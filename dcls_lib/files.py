@@ -7,6 +7,7 @@ either the old file or the new one, never a truncated one.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Callable, Iterator, Optional, Union
 from tqdm.auto import tqdm
 
 PathLike = Union[str, os.PathLike]
+CACHE_ENV = "DCLS_CACHE"
 
 
 def _file_mode() -> int:
@@ -65,6 +67,28 @@ def save_torch(path: PathLike, obj) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def write_bytes_atomic(path: PathLike, chunks) -> Path:
+    """Write an iterable of ``bytes`` to ``path`` atomically (for files streamed record by record)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+    return Path(path)
+
+
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``hashlib`` algorithm name), read a megabyte at a time."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir(path: Optional[PathLike] = None) -> Path:
+    """Where downloads go: ``path``, else ``$DCLS_CACHE``, else ``~/.cache/dcls_lib``."""
+    return Path(path or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dcls_lib").expanduser()
 
 
 class DownloadError(ConnectionError):

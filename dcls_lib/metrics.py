@@ -140,3 +140,28 @@ def alignment_score(
 ) -> float:
     """The study's score of a batch of heatmaps: mean per-image Spearman / 0.65753 (see the module doc)."""
     return alignment_from_correlations(spearman(maps, human_maps), constant=constant, ceiling=ceiling)
+
+
+TOP_FRACTION = 0.1
+"""Harmonization's overlap metrics compare the top 10% of pixels of each map."""
+
+
+def top_fraction_overlap(a: Tensor, b: Tensor, fraction: float = TOP_FRACTION) -> tuple[Tensor, Tensor]:
+    """Dice and IoU (each (B,) float64) of the pixels above each map's own ``1 - fraction`` quantile.
+
+    As serre-lab's Harmonization benchmark computes them for ClickMe: each map is binarised at its
+    own 90th percentile (linear interpolation between pixels, ``np.percentile``'s default), strictly
+    greater counting as in; then Dice = 2|A & B| / (|A| + |B| + 1e-9) and IoU = |A & B| / (|A | B| + 1e-9).
+    A constant map has no pixel above its percentile: it scores 0 on both.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    a, b = _flatten_maps(a, "a").double(), _flatten_maps(b, "b", device=a.device).double()  # (B, N) each
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must hold maps of the same size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    top_a = a > torch.quantile(a, 1 - fraction, dim=1, keepdim=True)
+    top_b = b > torch.quantile(b, 1 - fraction, dim=1, keepdim=True)
+    both = (top_a & top_b).sum(1).double()
+    dice = 2 * both / (top_a.sum(1) + top_b.sum(1) + 1e-9)
+    iou = both / ((top_a | top_b).sum(1) + 1e-9)
+    return dice, iou

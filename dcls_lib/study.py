@@ -28,7 +28,8 @@ from torch.utils.data import TensorDataset
 from .cam import EXPLAINERS
 from .data.clickme import ClickMe, clickme_val
 from .data.synthclick import SynthClick
-from .evaluate import PixelNormalize, evaluate_alignment
+from .evaluate import ExplainerSettings, evaluate_alignment
+from .transforms import PixelNormalize
 from .files import write_json, write_text
 from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
 from .models.small import VARIANTS
@@ -94,8 +95,8 @@ def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
     for explainer in EXPLAINERS:
         summary = evaluate_alignment(
             run.model, target.layer, test, reshape_transform=target.reshape_transform,
-            preprocess=PixelNormalize(SynthClick.mean, SynthClick.std), explainer=explainer,
-            threshold=plan.threshold, batch_size=config.batch_size, device=device,
+            preprocess=PixelNormalize(SynthClick.mean, SynthClick.std),
+            settings=ExplainerSettings(explainer, plan.threshold), batch_size=config.batch_size, device=device,
             results_path=run.out_dir / f"alignment-{explainer}.jsonl", progress=progress,
         )
         row[explainer] = summary.alignment
@@ -223,7 +224,7 @@ def run_clickme_study(
             for explainer in EXPLAINERS:
                 summary = evaluate_alignment(
                     model, target.layer, dataset, reshape_transform=target.reshape_transform,
-                    preprocess=input_transform(model), explainer=explainer, threshold=threshold,
+                    preprocess=input_transform(model), settings=ExplainerSettings(explainer, threshold),
                     batch_size=batch_size, device=device, limit=limit, progress=progress,
                     results_path=out / f"{name}-{explainer}.jsonl", metadata={"model": name, "data": "clickme"},
                 )

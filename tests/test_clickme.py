@@ -296,3 +296,29 @@ def test_download_from_a_file_url(tmp_path):
     write_clickme_shard(source / "val-0.tfrecords", samples(1))
     paths = download_clickme_val(tmp_path / "cache", shards=[0], url=source.as_uri() + "/val-{index}.tfrecords", progress=False)
     assert paths[0].read_bytes() == (source / "val-0.tfrecords").read_bytes()
+
+
+def test_study_quirk_casts_the_resized_image_to_uint8(tmp_path):
+    """The study's code truncated the resized image to uint8 before dividing by 255; the default keeps the fractions."""
+    image = samples(1, seed=4)[0][0]
+    resized = resize_bilinear(image, 224)
+    clean, quirk = preprocess_image(image), preprocess_image(image, uint8=True)
+    assert torch.equal(quirk, torch.from_numpy(np.floor(resized).transpose(2, 0, 1) / np.float32(255)))
+    assert torch.allclose(clean, torch.from_numpy(resized.transpose(2, 0, 1) / 255)) and not torch.equal(clean, quirk)
+    write_clickme_shard(tmp_path / "val-0.tfrecords", samples(2, seed=4))
+    assert torch.equal(ClickMe(tmp_path, uint8_images=True)[0][0], preprocess_image(ClickMe(tmp_path).raw(0)[0], uint8=True))
+
+
+def test_tfrecord_files_get_a_plain_write_mode_and_nothing_half_written(tmp_path):
+    from dcls_lib.files import FILE_MODE
+
+    path = write_tfrecord(tmp_path / "a.tfrecords", [b"one", b"two"])
+    assert path.stat().st_mode & 0o777 == FILE_MODE and list(iter_tfrecord(path)) == [b"one", b"two"]
+
+    def failing():
+        yield b"three"
+        raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError):
+        write_tfrecord(tmp_path / "a.tfrecords", failing())
+    assert list(iter_tfrecord(path)) == [b"one", b"two"] and [p.name for p in tmp_path.iterdir()] == ["a.tfrecords"]

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 import dcls_lib.evaluate as evaluate
 from dcls_lib.cam import ThresholdGradCAM
 from dcls_lib.data.clickme import ClickMe, write_clickme_shard
-from dcls_lib.evaluate import PixelNormalize, evaluate_alignment
+from dcls_lib.evaluate import ExplainerSettings, PixelNormalize, evaluate_alignment
 from dcls_lib.metrics import HUMAN_CEILING
 
 
@@ -58,7 +58,9 @@ def clickme(tmp_path_factory):
 
 def run(dataset, results=None, **kw):
     net = model()
-    options = dict(preprocess=PixelNormalize(), batch_size=3, progress=False, results_path=results)
+    explainer = {k: kw.pop(k) for k in ("explainer", "threshold", "amp", "channels_last") if k in kw}
+    options = dict(preprocess=PixelNormalize(), batch_size=3, progress=False, results_path=results,
+                   settings=ExplainerSettings(**explainer))
     options.update(kw)
     return evaluate_alignment(net, net.target, dataset, **options)
 
@@ -195,37 +197,56 @@ def test_pixel_normalize():
     assert torch.allclose(out[:, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]).expand(2, 3))
 
 
-def test_command_line(clickme, tmp_path, monkeypatch, capsys):
-    def fake_load_model(name, checkpoint, image_size):
-        net = model()
-        assert (name, checkpoint, image_size) == ("tiny", None, 224)
-        return net, net.target, None, PixelNormalize()
-
-    monkeypatch.setattr(evaluate, "load_model", fake_load_model)
-    folder = clickme.files[0].parent
-    results = tmp_path / "cli.jsonl"
-    argv = ["--model", "tiny", "--random-init", "--data", f"clickme:{folder}", "--results", str(results),
-            "--batch-size", "4", "--no-progress", "--limit", "5"]
-    summary = evaluate.main(argv)
-    printed = capsys.readouterr().out
-    assert "alignment score" in printed and "tiny" in printed and summary.images == 5
-    assert json.loads(results.read_text().splitlines()[0])["data"] == f"clickme:{folder.resolve()}"
-    assert evaluate.main(argv[:-2]).images_this_run == 5  # resumed: the other 5
-    with pytest.raises(SystemExit):
-        evaluate.main(["--model", "tiny", "--data", f"clickme:{folder}"])  # neither checkpoint nor --random-init
-    with pytest.raises(ValueError, match="--data must be"):
-        evaluate.open_dataset("imagenet")
+def test_top_ten_percent_dice_and_iou_as_harmonization_computes_them(clickme, tmp_path):
+    """Each map binarised above its own 90th percentile (numpy's), Dice and IoU with Harmonization's epsilon."""
+    net, normalize = model(), PixelNormalize()
+    expected = []
+    with ThresholdGradCAM(net, [net.target], threshold=0.3) as cam:
+        for image, label, human in (clickme[i] for i in range(4)):
+            heat = cam(normalize(image[None]), [ClassifierOutputTarget(label)])[0]
+            a, b = heat > np.percentile(heat, 90), human.numpy() > np.percentile(human.numpy(), 90)
+            expected.append((2 * (a & b).sum() / (a.sum() + b.sum() + 1e-9), (a & b).sum() / ((a | b).sum() + 1e-9)))
+    summary = run(clickme, tmp_path / "r.jsonl", limit=4)
+    lines = image_lines(tmp_path / "r.jsonl")
+    np.testing.assert_allclose([(e["dice"], e["iou"]) for e in lines], expected, atol=1e-6)
+    assert summary.dice == pytest.approx(np.mean([d for d, _ in expected]), abs=1e-6)
+    assert summary.iou == pytest.approx(np.mean([j for _, j in expected]), abs=1e-6)
+    assert 0 < summary.iou < summary.dice < 1 and "top-10% Dice" in summary.table()
 
 
-def test_command_line_scores_a_model_trained_on_synthclick(tmp_path, capsys):
-    """`--model run:DIR` evaluates a dcls_lib.train run at the size it was trained at, no checkpoint needed."""
-    from dcls_lib.evaluate import main
-    from dcls_lib.train import profile_config, train
+def test_skipped_constant_maps_are_counted_in_the_table(clickme):
+    kept, skipped = run(clickme), run(clickme, constant="skip")
+    assert (kept.images, kept.scored) == (10, 10) and (skipped.images, skipped.scored) == (10, 9)
+    assert "10 evaluated, 9 scored (1 with a constant map left out)" in skipped.table()
 
-    train(profile_config("smoke", family="resnet", variant="baseline", epochs=1), tmp_path / "run", progress=False)
-    summary = main(["--model", f"run:{tmp_path / 'run'}", "--data", "synthclick", "--limit", "6",
-                    "--batch-size", "4", "--results", str(tmp_path / "scores.jsonl"), "--no-progress"])
-    assert summary.images == 6
-    rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
-    assert sum(row["type"] == "image" for row in rows) == 6
-    assert "synthclick:test:64px" in (tmp_path / "scores.jsonl").read_text()
+
+def damaged_copy(folder, tmp_path, record=4):
+    """The clickme folder with one record's JPEG bytes changed: its data CRC no longer matches."""
+    from dcls_lib.data.tfrecords import index_tfrecord
+
+    copy = tmp_path / "damaged"
+    copy.mkdir()
+    for shard in folder.iterdir():
+        (copy / shard.name).write_bytes(shard.read_bytes())
+    shard = copy / "val-0.tfrecords"
+    offset, _ = index_tfrecord(shard)[record]
+    data = bytearray(shard.read_bytes())
+    data[offset + 12 + 40] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return ClickMe(copy)
+
+
+def test_a_damaged_record_keeps_its_batch_and_can_be_skipped(clickme, tmp_path):
+    damaged = damaged_copy(clickme.files[0].parent, tmp_path)
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(evaluate.DamagedRecordError, match=r"val-0.tfrecords: record 4: data CRC.*--skip-damaged"):
+        run(damaged, path)  # batches of 3: record 4 sits in the second, with records 3 and 5
+    assert [e["id"] for e in image_lines(path)] == damaged.image_ids[:4] + damaged.image_ids[5:6]
+    summary = run(damaged, path, skip_damaged=True)
+    assert summary.images == 9 and summary.images_this_run == 5
+    assert list(summary.damaged) == ["val-0.tfrecords#4"] and "data CRC" in summary.damaged["val-0.tfrecords#4"]
+    assert "1 skipped" in summary.table() and "val-0.tfrecords#4" in summary.table()
+    run(clickme, tmp_path / "intact.jsonl")
+    intact = {e["id"]: e["spearman"] for e in image_lines(tmp_path / "intact.jsonl")}
+    for entry in image_lines(path):  # the same scores as without the damage (batches differ: float rounding)
+        assert entry["spearman"] == pytest.approx(intact[entry["id"]], abs=1e-6, nan_ok=True) or entry["spearman"] is None

@@ -332,3 +332,24 @@ def test_create_model_pretrained_downloads_and_loads(tmp_path, monkeypatch, serv
     assert torch.equal(model.stages[3].blocks[2].mlp.fc2.weight, authors["stages.3.2.pwconv2.weight"])
     assert (tmp_path / "cache" / spec.filename).is_file()
     assert checkpoints_module.published_checkpoint(name).url.startswith("http://127.0.0.1")
+
+
+def test_sail_metaformer_files_run_with_the_authors_head_eps(tmp_path):
+    """sail-sg's MlpHead normalises with nn.LayerNorm's eps 1e-5 (timm's: 1e-6): their files get theirs,
+    timm's own weights of the baselines keep timm's."""
+    state = make_state_dict(metaformer_s18_layout("convformer", taps=40), seed=11)
+    model = empty_model("convformer_s18_dcls")
+    assert model.head.fc.norm.eps == 1e-6
+    load_pretrained(model, "convformer_s18_dcls", path=save(tmp_path, timm_training_checkpoint(state)))
+    assert model.head.fc.norm.eps == 1e-5
+    features = torch.randn(2, 512)
+    hidden = model.head.fc.act(model.head.fc.fc1(features))
+    authors = torch.nn.functional.layer_norm(hidden, (2048,), state["head.norm.weight"], state["head.norm.bias"], eps=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head.fc(features), torch.nn.functional.linear(authors, state["head.fc2.weight"], state["head.fc2.bias"]))
+
+    baseline = timm.create_model("caformer_s18", device="meta").to_empty(device="cpu")
+    path = tmp_path / PUBLISHED["caformer_s18"].filename
+    save_file({k: v.contiguous() for k, v in baseline.state_dict().items()}, str(path))
+    load_pretrained(baseline, "caformer_s18", path=path)
+    assert baseline.head.fc.norm.eps == 1e-6

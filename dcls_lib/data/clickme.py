@@ -38,8 +38,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from ..files import DownloadError, fetch
+from ..files import DownloadError, cache_dir, fetch
 from .tfrecords import TFRecordError, decode_example, encode_example, index_tfrecord, read_tfrecord_at, verify_tfrecord, write_tfrecord
 
 PathLike = Union[str, os.PathLike]
@@ -53,11 +54,6 @@ BLUR_GRID = 64
 BLUR_KERNEL_SIZE = 10
 BLUR_SIGMA = 10.0
 NUM_CLASSES = 1000
-
-
-def cache_dir() -> Path:
-    """Where downloads go: ``$DCLS_CACHE`` or ``~/.cache/dcls_lib``."""
-    return Path(os.environ.get("DCLS_CACHE", "~/.cache/dcls_lib")).expanduser()
 
 
 # --- preprocessing ------------------------------------------------------------------------------
@@ -115,10 +111,17 @@ def resize_bilinear(array: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.asarray(array, dtype=np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def preprocess_image(image: np.ndarray) -> Tensor:
-    """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 in [0, 1]."""
-    resized = resize_bilinear(image, IMAGE_SIZE) / np.float32(255)
-    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+def preprocess_image(image: np.ndarray, uint8: bool = False) -> Tensor:
+    """(256, 256, 3) uint8 RGB -> (3, 224, 224) float32 in [0, 1].
+
+    ``uint8=True`` is the study's code: the resized image was cast back to uint8 (truncating the
+    fractions bilinear resizing makes) before torchvision's ``ToTensor`` divided it by 255.
+    """
+    resized = resize_bilinear(image, IMAGE_SIZE)
+    if uint8:
+        resized = resized.astype(np.uint8)
+    resized = resized / np.float32(255)
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32))
 
 
 def blur_on_grid(heatmap: np.ndarray) -> np.ndarray:
@@ -214,12 +217,14 @@ class ClickMe(Dataset):
     """ClickMe shards as a map-style dataset of ``(image, label, human_map)`` (see the module doc).
 
     ``ClickMe(shards)`` takes a folder, one file, or a list of files.  Opening reads every record
-    header (checking its length CRC) to index the records; reading a record checks its data CRC.
-    ``image_ids[i]`` is ``"<shard file name>#<record number>"``, stable across machines, which the
-    evaluation uses to resume.  ``raw(i)`` gives the decoded record before preprocessing.
+    header (checking its length CRC) to index the records, with a progress bar over the shards if
+    ``progress``; reading a record checks its data CRC.  ``image_ids[i]`` is ``"<shard file
+    name>#<record number>"``, stable across machines, which the evaluation uses to resume.  ``raw(i)``
+    gives the decoded record before preprocessing.  ``uint8_images=True`` reads images as the study's
+    code did (see :func:`preprocess_image`).
     """
 
-    def __init__(self, shards: Union[PathLike, Sequence[PathLike]]) -> None:
+    def __init__(self, shards: Union[PathLike, Sequence[PathLike]], uint8_images: bool = False, progress: bool = False) -> None:
         if isinstance(shards, (str, os.PathLike)):
             path = Path(shards)
             files = clickme_shards(path) if path.is_dir() else [path]
@@ -228,9 +233,10 @@ class ClickMe(Dataset):
         if not files:
             raise ValueError("ClickMe needs at least one shard")
         self.files = files
+        self.uint8_images = uint8_images
         self._records: list[tuple[int, int, int]] = []  # (file number, offset, record number)
         self.image_ids: list[str] = []
-        for number, path in enumerate(files):
+        for number, path in enumerate(tqdm(files, desc="indexing shards", unit="shard", disable=not progress)):
             if not path.is_file():
                 raise FileNotFoundError(f"ClickMe shard not found: {path}")
             for record, (offset, _) in enumerate(index_tfrecord(path)):
@@ -249,7 +255,7 @@ class ClickMe(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
         image, heatmap, label = self.raw(index)
-        return preprocess_image(image), label, preprocess_human_map(heatmap)
+        return preprocess_image(image, self.uint8_images), label, preprocess_human_map(heatmap)
 
 
 # --- download -----------------------------------------------------------------------------------------

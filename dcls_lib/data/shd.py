@@ -23,7 +23,6 @@ sample's first spike, groups of 5 neighbouring channels summed).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -40,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..files import fetch
+from ..files import fetch, file_digest
 
 BASE_URL = "https://zenkelab.org/datasets/"
 SPLITS = ("train", "test")
@@ -90,14 +89,6 @@ def published_md5(base_url: str, name: str) -> Optional[str]:
         if len(parts) == 2 and parts[1].lstrip("*") == name:
             return parts[0].lower()
     return None
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _extract(archive: Path, kind: str, destination: Path) -> None:
@@ -150,8 +141,9 @@ def download_shd(
     with tempfile.TemporaryDirectory(dir=root, prefix=".shd-download-") as tmp:
         packed = Path(tmp) / archive_name
         fetch(url, packed, progress)
-        if expected is not None and _md5(packed) != expected:
-            raise ValueError(f"{url}: MD5 {_md5(packed)} does not match the published {expected}")
+        actual = file_digest(packed, "md5") if expected is not None else None
+        if actual != expected:
+            raise ValueError(f"{url}: MD5 {actual} does not match the published {expected}")
         unpacked = Path(tmp) / name
         _extract(packed, archive, unpacked)
         validate_shd_file(unpacked)

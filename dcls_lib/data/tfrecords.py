@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Union
 
 import crc32c
 from tfrecord import example_pb2
+
+from ..files import write_bytes_atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -46,18 +47,7 @@ def frame_record(data: bytes) -> bytes:
 
 def write_tfrecord(path: PathLike, records: Iterable[bytes]) -> Path:
     """Write ``records`` to a TFRecord file atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            for data in records:
-                out.write(frame_record(data))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, (frame_record(data) for data in records))
 
 
 def _read_header(file, path: Path, index: int) -> int:

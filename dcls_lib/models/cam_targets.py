@@ -27,12 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..transforms import IMAGENET_MEAN, IMAGENET_STD, PixelNormalize
 from ..validation import check_positive_int
 from .families import detect_family
-
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def channels_last_to_nchw(activations: Tensor) -> Tensor:
@@ -69,8 +66,8 @@ class ImageTransform:
     def __init__(
         self,
         size: int = 224,
-        mean: Sequence[float] = _IMAGENET_MEAN,
-        std: Sequence[float] = _IMAGENET_STD,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         interpolation: str = "bicubic",
     ):
         check_positive_int(image_size=size)
@@ -82,6 +79,7 @@ class ImageTransform:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.interpolation = interpolation
+        self.normalize = PixelNormalize(self.mean, self.std)
 
     def __repr__(self) -> str:
         return (
@@ -122,9 +120,7 @@ class ImageTransform:
             batch = F.interpolate(
                 batch, size=(self.size, self.size), mode=self.interpolation, align_corners=False, antialias=True
             ).clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
-        batch = (batch - mean) / std
+        batch = self.normalize(batch)
         return batch if batched else batch[0]
 
 
@@ -140,5 +136,5 @@ def input_transform(model: nn.Module, image_size: int = 224) -> ImageTransform:
     if interpolation not in ("bicubic", "bilinear"):
         interpolation = "bicubic"
     return ImageTransform(
-        image_size, cfg.get("mean") or _IMAGENET_MEAN, cfg.get("std") or _IMAGENET_STD, interpolation
+        image_size, cfg.get("mean") or IMAGENET_MEAN, cfg.get("std") or IMAGENET_STD, interpolation
     )

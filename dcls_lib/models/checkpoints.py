@@ -23,7 +23,9 @@ Where each layout comes from (read from the authors' public code, see ``families
 - ``metaformer-sail``: sail-sg/metaformer ``metaformer_baselines.py`` (``downsample_layers.<s>``,
   ``stages.<s>.<b>.token_mixer.{pwconv1,dwconv,pwconv2}`` as Linear/Conv/Linear, ``norm``, ``head``),
   trained with timm's ``train.py``: ``"state_dict_ema"``.  Mapped with
-  ``timm.models.metaformer.checkpoint_filter_fn``.
+  ``timm.models.metaformer.checkpoint_filter_fn``.  Its ``MlpHead`` normalises with ``nn.LayerNorm``'s
+  eps 1e-5 where timm's uses 1e-6, so a model loading such a file is set to 1e-5 (timm's own
+  ``sail_in1k`` weights of the baselines, converted from the same code, keep timm's 1e-6).
 - ``fastvit-apple``: apple/ml-fastvit ``models/fastvit.py`` (``patch_embed``, ``network.<i>`` with the
   positional encoding at ``network.6.pe``, ``convffn``, ``conv_exp``, ``head``), trained with timm's
   ``train.py``: ``"state_dict_ema"``.  Mapped with ``timm.models.fastvit.checkpoint_filter_fn``.
@@ -47,8 +49,6 @@ What could not be established from public code, so the loader checks it instead 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import pickle
 import urllib.parse
 import zipfile
@@ -57,12 +57,12 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
+from timm.models import clean_state_dict, convnext, fastvit, metaformer
 from torch import nn
 
-from ..files import DownloadError, fetch
+from ..files import CACHE_ENV, DownloadError, cache_dir, fetch, file_digest
 from ..layers import from_reference_state_dict
-
-CACHE_ENV = "DCLS_CACHE"
+from .convert import tie_positions
 
 
 class CheckpointError(ValueError):
@@ -139,22 +139,9 @@ def published_checkpoint(name: str) -> PublishedCheckpoint:
 # --- fetching -------------------------------------------------------------------------------------
 
 
-def cache_dir(path: Union[str, Path, None] = None) -> Path:
-    """Where downloads go: ``path``, else ``$DCLS_CACHE``, else ``~/.cache/dcls_lib``."""
-    return Path(path or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dcls_lib").expanduser()
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_digest(path: Path, sha256: Optional[str], what: str) -> None:
     if sha256 is not None:
-        actual = _file_digest(path, "sha256")
+        actual = file_digest(path, "sha256")
         if actual != sha256.lower():
             raise CheckpointError(f"{what}: sha256 {actual} does not match the expected {sha256}")
 
@@ -292,12 +279,13 @@ class _LenientModel:
 
     timm's filters look keys up in ``model.state_dict()`` to reshape values; a key the model lacks
     would raise ``KeyError`` there.  Passing such keys on lets the check after mapping list every
-    unexpected key at once instead of stopping at the first.
+    unexpected key at once instead of stopping at the first.  With ``shapes=False`` every key is
+    unknown, so no value is reshaped to the model's shape (the filter only renames, and flattens).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, shapes: bool = True):
         self._model = model
-        self._state = _LenientStateDict(model.state_dict())
+        self._state = _LenientStateDict(model.state_dict() if shapes else {})
 
     def state_dict(self):
         return self._state
@@ -306,28 +294,53 @@ class _LenientModel:
         return getattr(self._model, name)
 
 
-def _timm_filter(module: str) -> Callable:
-    def apply(state_dict, model):
-        import importlib
+def _timm_filter(filter_fn: Callable) -> Callable:
+    """timm's ``checkpoint_filter_fn`` made to list what does not fit instead of raising on it.
 
-        filter_fn = importlib.import_module(f"timm.models.{module}").checkpoint_filter_fn
-        return filter_fn(state_dict, _LenientModel(model))
+    ConvNeXt's filter reshapes every 2-D tensor to the model's shape, which raises a bare
+    ``RuntimeError`` when the checkpoint is of another width.  Then the keys are renamed again
+    with nothing reshaped, and each value gets back the shape it had in the file, so that
+    :func:`check_state_dict` lists the mis-shaped keys.
+    """
+
+    def apply(state_dict, model):
+        try:
+            return filter_fn(state_dict, _LenientModel(model))
+        except RuntimeError:
+            shapes = {(v.data_ptr(), v.numel()): v.shape for v in state_dict.values()}
+            renamed = filter_fn(state_dict, _LenientModel(model, shapes=False))
+            return {k: v.view(shapes.get((v.data_ptr(), v.numel()), v.shape)) for k, v in renamed.items()}
 
     return apply
 
 
-LAYOUTS: dict[str, Optional[Callable]] = {
-    "timm": None,
-    "convnext-official": _timm_filter("convnext"),
-    "metaformer-sail": _timm_filter("metaformer"),
-    "fastvit-apple": _timm_filter("fastvit"),
+def _sail_head_eps(model: nn.Module) -> None:
+    """sail-sg's MetaFormer ``MlpHead`` normalises with ``nn.LayerNorm``'s eps 1e-5, timm's with 1e-6:
+    weights trained by the authors' code are used with theirs (6e-5 relative on the logits otherwise)."""
+    norm = getattr(getattr(getattr(model, "head", None), "fc", None), "norm", None)
+    if isinstance(norm, nn.LayerNorm):
+        norm.eps = 1e-5
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a checkpoint layout maps onto timm: its key filter, and what its authors' code computes
+    differently from timm's module (applied to the model it is loaded into)."""
+
+    filter: Optional[Callable] = None
+    adapt: Optional[Callable[[nn.Module], None]] = None
+
+
+LAYOUTS: dict[str, Layout] = {
+    "timm": Layout(),
+    "convnext-official": Layout(_timm_filter(convnext.checkpoint_filter_fn)),
+    "metaformer-sail": Layout(_timm_filter(metaformer.checkpoint_filter_fn), _sail_head_eps),
+    "fastvit-apple": Layout(_timm_filter(fastvit.checkpoint_filter_fn)),
 }
 
 
 def _strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes."""
-    from timm.models import clean_state_dict
-
     return clean_state_dict(dict(state_dict))
 
 
@@ -338,8 +351,8 @@ def map_state_dict(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     mapped = _strip_wrappers(state_dict)
-    if LAYOUTS[layout] is not None:
-        mapped = dict(LAYOUTS[layout](mapped, model))
+    if LAYOUTS[layout].filter is not None:
+        mapped = dict(LAYOUTS[layout].filter(mapped, model))
     if reference_version is not None:
         mapped = from_reference_state_dict(mapped, reference_version, ndim=2)
     return mapped
@@ -352,6 +365,12 @@ def _listing(title: str, items: list[str], limit: int = 12) -> str:
     shown = "\n".join(f"    {item}" for item in items[:limit])
     more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"  {title} ({len(items)}):\n{shown}{more}"
+
+
+def _model_name(model: nn.Module) -> str:
+    """The timm name a model was created under (``pretrained_cfg["architecture"]``), else its class."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return f"model {name} ({type(model).__name__})" if name else type(model).__name__
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
@@ -376,7 +395,10 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], w
             if not torch.equal(state_dict[first], state_dict[other]):
                 disagree.append(f"{first} != {other}")
     if missing or unexpected or shapes or disagree:
-        parts = [f"{what} does not fit {type(model).__name__} (keys after mapping to the model's names):"]
+        counts = [f"{len(items)} {label}" for items, label in ((missing, "missing"), (unexpected, "unexpected"),
+                  (shapes, "mis-shaped"), (disagree, "disagreeing shared")) if items]
+        parts = [f"{what} does not fit {_model_name(model)}: {', '.join(counts)} keys "
+                 "(after mapping to the model's names):"]
         if missing:
             parts.append(_listing("missing from the checkpoint", missing))
         if unexpected:
@@ -398,8 +420,6 @@ def _restore_sharing(model: nn.Module) -> None:
     for names in spec.position_groups:
         layers = [model.get_submodule(n) for n in names]
         if any(layer.P is not layers[0].P for layer in layers):
-            from .convert import tie_positions
-
             tie_positions(model)
             return
 
@@ -415,7 +435,9 @@ def load_checkpoint(
     """Read ``path``, map it from ``layout`` onto ``model``, check it, and load it strictly.
 
     A converted model whose shared positions were untied (``to_empty()`` does that) is re-tied first,
-    so the loaded model shares them as its ``dcls_spec`` says.
+    so the loaded model shares them as its ``dcls_spec`` says.  Where the layout's authors compute
+    something differently from timm's module (sail-sg's MetaFormer head), the model is set to compute
+    it their way.
     """
     what = f"checkpoint {path}"
     state_dict = extract_state_dict(read_checkpoint(path, trust=trust), state_keys, what)
@@ -423,6 +445,8 @@ def load_checkpoint(
     mapped = map_state_dict(state_dict, model, layout, reference_version)
     check_state_dict(model, mapped, what)
     model.load_state_dict(mapped, strict=True)
+    if LAYOUTS[layout].adapt is not None:
+        LAYOUTS[layout].adapt(model)
     return model
 
 
@@ -448,6 +472,7 @@ __all__ = [
     "LAYOUTS",
     "PUBLISHED",
     "CheckpointError",
+    "Layout",
     "PublishedCheckpoint",
     "cache_dir",
     "check_state_dict",
