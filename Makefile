@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: env test book bench clean
+.PHONY: env test book pdf bench clean
 
 env: $(STAMP)
 
@@ -24,6 +24,11 @@ test: env
 book: env
 	book/system_tools.sh
 	$(BIN)/python book/build_book.py
+
+# The built book printed to one PDF (book/_build/pdf/dcls-book.pdf) by headless Chromium, offline.
+pdf: book
+	book/system_tools.sh --browser
+	$(BIN)/python book/build_pdf.py
 
 bench: env
 	$(BIN)/python benchmarks/layer_memory.py

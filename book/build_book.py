@@ -48,6 +48,8 @@ def build(profile: str | None = None, output: Path | None = None, rebuild_all: b
         raise BuildError(f"profile must be one of {PROFILES}, got {profile!r}")
     vendor()
     env = dict(os.environ)
+    # pages show results, not machinery: no progress bars in the rendered book (live notebooks keep them)
+    env["TQDM_DISABLE"] = "1"
     if profile is not None:
         env["DCLS_PROFILE"] = profile
     if runs is not None:

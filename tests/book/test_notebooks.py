@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pages import NOTEBOOKS, toc_files
+from toc import NOTEBOOKS, toc_files
 
 
 def test_there_are_chapters():

@@ -7,21 +7,24 @@ and the slider switches frames without a kernel.  Screenshots land in book/_buil
 
 from __future__ import annotations
 
+import re
 
 import pytest
 
-from browser import Chromium, is_local, serve
-from pages import BOOK, toc_files
+from chromium import Chromium, is_local, serve
+from toc import BOOK, toc_files
 
 SCREENSHOTS = BOOK / "_build" / "screenshots"
 PAGES = toc_files()
-WIDGET_STATE = "document.querySelector('script[type=\"application/vnd.jupyter.widget-state+json\"]') !== null"
-MATH_DONE = """(() => {
-  const math = Array.from(document.querySelectorAll('.math'));
-  if (!math.length) return true;
-  return math.every(m => m.querySelector('mjx-container'));
-})()"""
-IMAGES_DONE = "Array.from(document.images).every(i => i.complete)"
+# What a reader should never see in a rendered page: machinery (progress bars, empty output blocks,
+# paths of the machine that built it) and code lines running past the edge of their cell.
+TQDM_BAR = re.compile(r"\d+/\d+ \[\d+:\d+<|\d+(\.\d+)?(it|img|B)/s\]|\?(it|img)/s")
+MACHINE_PATH = re.compile(r"(?:^|[\s'\"(=:])(/(?:home|root|tmp|work|usr|var|opt|mnt|Users|private)/[^\s'\"]*)")
+BLANK_OUTPUTS = """Array.from(document.querySelectorAll('.cell_output')).filter(o =>
+  !o.innerText.trim() && !o.querySelector('img, svg, table, .jupyter-widgets, script[type*="widget"]')).length"""
+SCROLLING_CODE = """Array.from(document.querySelectorAll('.cell_input pre, .highlight pre'))
+  .filter(p => p.scrollWidth > p.clientWidth + 1)
+  .map(p => p.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '').trim())"""
 VISIBLE_FRAME = """(() => {
   const shown = Array.from(document.querySelectorAll('.widget-image')).filter(e => e.offsetParent !== null);
   return shown.map(e => e.src).join(' ');
@@ -39,12 +42,8 @@ def site(smoke_book):
 def _load(site, name: str):
     base, page = site
     page.goto(base + f"{name}.html")
-    assert page.wait_for(IMAGES_DONE, 30), f"{name}: images did not finish loading"
-    assert page.wait_for(MATH_DONE, 30), f"{name}: MathJax did not typeset every formula"
-    if page.evaluate(WIDGET_STATE):
-        assert page.wait_for("document.querySelectorAll('.jupyter-widgets').length > 0", 30), \
-            f"{name}: the page embeds widget state but no widget rendered"
-    page.settle(1.0)
+    pending = page.wait_rendered(30)
+    assert not pending, f"{name}: {'; '.join(pending)}"
     return page
 
 
@@ -66,6 +65,21 @@ def test_page_renders_offline(site, name):
         assert "profile smoke" in banner, f"{name}: the banner does not name the build's profile"
     path = page.screenshot(SCREENSHOTS / f"{name.replace('/', '_')}.png")
     print(f"screenshot: {path}")
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_shows_no_machinery(site, name):
+    """No progress bar, blank output block or machine path in a page; no code line runs off its cell."""
+    page = _load(site, name)
+    text = page.evaluate("document.querySelector('article').innerText")
+    bars = [m.group(0) for m in TQDM_BAR.finditer(text)]
+    assert not bars, f"{name}: progress bars in the page: {bars[:3]}"
+    paths = [m.group(1) for m in MACHINE_PATH.finditer(text)]
+    assert not paths, f"{name}: paths of the build machine in the page: {paths[:3]}"
+    blank = page.evaluate(BLANK_OUTPUTS)
+    assert not blank, f"{name}: {blank} empty output blocks"
+    wide = page.evaluate(SCROLLING_CODE)
+    assert not wide, f"{name}: code lines wider than their cell: {wide[:3]}"
 
 
 def test_formulas_are_typeset(site):
@@ -157,3 +171,13 @@ def test_heatmap_explorer_switches_frames_in_the_static_page(site):
     assert after.split()[0] == before.split()[0] and after != before, "the threshold slider did not switch the map"
     path = page.screenshot(SCREENSHOTS / "widget_07_explorer.png", full_page=False)
     print(f"screenshot: {path}")
+
+
+@pytest.mark.parametrize("name", [p for p in PAGES if p.startswith("notebooks/")])
+def test_chapter_offers_its_notebook_for_download(site, name):
+    """The page's download menu links the chapter's .ipynb, served by the site itself."""
+    page = _load(site, name)
+    href = page.evaluate("(document.querySelector('.dropdown-download-buttons a[href$=\".ipynb\"]') || {}).href")
+    assert href and is_local(href) and href.endswith(name.split("/")[-1] + ".ipynb"), f"{name}: no .ipynb download ({href})"
+    cells = page.evaluate(f"fetch({href!r}).then(r => r.ok ? r.json() : null).then(nb => nb && nb.cells.length)")
+    assert cells, f"{name}: the downloaded notebook is not a notebook"

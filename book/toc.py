@@ -1,4 +1,4 @@
-"""Which notebooks and pages the book has: read from notebooks/ and book/_toc.yml."""
+"""Which notebooks and pages the book has: read from notebooks/ and book/_toc.yml (for the tests and make pdf)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

@@ -1,8 +1,9 @@
 """Headless Chromium driven over the DevTools protocol, and a local HTTP server for the built book.
 
-The book must work without a network: the tests serve the HTML from 127.0.0.1, load every page in
-Debian's ``chromium``, record every request the page makes, and look at what rendered (figures,
-widgets, maths).  Only the ``websocket-client`` package is needed; no browser is downloaded.
+The book must work without a network: the browser tests and ``make pdf`` serve the HTML from
+127.0.0.1 and load every page in Debian's ``chromium``; the tests record every request a page makes
+and look at what rendered (figures, widgets, maths), ``build_pdf.py`` prints the pages.  Only the
+``websocket-client`` package is needed; no browser is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import websocket
+
+# JavaScript conditions of a rendered page: every image loaded, every formula typeset by MathJax,
+# widgets drawn from the state embedded in the page.
+IMAGES_DONE = "Array.from(document.images).every(i => i.complete)"
+MATH_DONE = """(() => {
+  const math = Array.from(document.querySelectorAll('.math'));
+  if (!math.length) return true;
+  return math.every(m => m.querySelector('mjx-container'));
+})()"""
+WIDGET_STATE = "document.querySelector('script[type=\"application/vnd.jupyter.widget-state+json\"]') !== null"
+WIDGETS_DRAWN = "document.querySelectorAll('.jupyter-widgets').length > 0"
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 LOCAL_SCHEMES = {"data", "blob", "about"}
@@ -150,6 +162,16 @@ class Page:
             self._drain(0.25)
         return False
 
+    def wait_rendered(self, timeout: float = 30.0) -> list[str]:
+        """Wait until images, formulas and widgets are drawn; returns what did not finish in time."""
+        pending = [what for what, done in (("images did not finish loading", IMAGES_DONE),
+                                           ("MathJax did not typeset every formula", MATH_DONE))
+                   if not self.wait_for(done, timeout)]
+        if self.evaluate(WIDGET_STATE) and not self.wait_for(WIDGETS_DRAWN, timeout):
+            pending.append("the page embeds widget state but no widget rendered")
+        self.settle(1.0)
+        return pending
+
     def settle(self, seconds: float = 1.0) -> None:
         self._drain(seconds)
 
@@ -192,13 +214,26 @@ class Page:
             height = int(min(size["height"], 16000))
             self.send("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-            self.wait_for("Array.from(document.images).every(i => i.complete)", 30)
+            self.wait_for(IMAGES_DONE, 30)
             self.settle(1.0)
         try:
             data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
         finally:
             if full_page:
                 self.send("Emulation.clearDeviceMetricsOverride")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+
+    def print_pdf(self, path: Path) -> Path:
+        """Print the page to an A4 PDF with its backgrounds (the print style sheet of the theme hides
+        the navigation); returns ``path``."""
+        data = self.send("Page.printToPDF", {
+            "printBackground": True, "preferCSSPageSize": False,
+            "paperWidth": 8.27, "paperHeight": 11.69,  # A4, inches
+            "marginTop": 0.5, "marginBottom": 0.5, "marginLeft": 0.5, "marginRight": 0.5,
+        }, timeout=120)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
