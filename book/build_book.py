@@ -22,6 +22,8 @@ sys.path.insert(0, str(BOOK))
 
 from vendor_js import vendor  # noqa: E402
 
+from dcls_lib.progress import QUIET_ENV  # noqa: E402
+
 PROFILES = ("smoke", "cpu", "gpu")
 
 
@@ -48,8 +50,8 @@ def build(profile: str | None = None, output: Path | None = None, rebuild_all: b
         raise BuildError(f"profile must be one of {PROFILES}, got {profile!r}")
     vendor()
     env = dict(os.environ)
-    # pages show results, not machinery: no progress bars in the rendered book (live notebooks keep them)
-    env["TQDM_DISABLE"] = "1"
+    # pages show results, not machinery: no progress bars or run logs (live notebooks keep them)
+    env[QUIET_ENV] = "1"
     if profile is not None:
         env["DCLS_PROFILE"] = profile
     if runs is not None:

@@ -39,7 +39,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM
 from .data.tfrecords import TFRecordError
@@ -412,7 +412,7 @@ def evaluate_alignment(
     loader = DataLoader(_Selected(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda")
     started = time.perf_counter()
-    with tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=settings.explainer, disable=not progress) as bar:
+    with progress_bar(total=len(ids), initial=len(ids) - len(todo), unit="img", desc=settings.explainer, disable=not progress) as bar:
         for batch, damaged in loader:
             if batch is not None:
                 indices, images, labels, human = batch

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 PathLike = Union[str, os.PathLike]
 CACHE_ENV = "DCLS_CACHE"
@@ -113,7 +113,7 @@ def fetch(
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
+                with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
                           disable=not progress) as bar:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)

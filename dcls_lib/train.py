@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from .progress import log, progress_bar
 
 from .data.synthclick import SynthClick
 from .files import save_torch, write_json
@@ -159,7 +159,7 @@ def synthclick_tensors(split: str, image_size: int, seed: int, size: int, worker
     dataset = SynthClick(split, image_size=image_size, seed=seed, size=size)
     loader = DataLoader(dataset, batch_size=256, num_workers=workers)
     images, labels = [], []
-    for x, y, _ in tqdm(loader, desc=f"generating SynthClick {split} ({size} images, {image_size} px)", leave=False):
+    for x, y, _ in progress_bar(loader, desc=f"generating SynthClick {split} ({size} images, {image_size} px)", leave=False):
         images.append((x * 255).round().to(torch.uint8))
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
@@ -246,7 +246,7 @@ def train(
         order = torch.randperm(len(labels), generator=shuffle)[: steps_per_epoch * config.batch_size]
         model.train()
         started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(_batches(images, labels, config.batch_size, device, order), total=steps_per_epoch,
+        bar = progress_bar(_batches(images, labels, config.batch_size, device, order), total=steps_per_epoch,
                    desc=f"{config.family}-{config.variant} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
         for x, y in bar:
@@ -272,7 +272,7 @@ def train(
         })
         positions[f"epoch {epoch + 1}"] = position_snapshot(model)
         if progress:
-            tqdm.write(f"{config.family}-{config.variant} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
+            log(f"{config.family}-{config.variant} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
                        f"val acc {val_acc:.3f}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

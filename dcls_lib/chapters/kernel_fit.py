@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..layers import DclsNd
+from ..progress import progress_bar
 from ..recipe import clamp_positions, param_groups
 
 
@@ -55,12 +56,7 @@ def fit_kernel(
     losses: list[float] = []
     positions = [layer.P.detach().cpu().clone()]
     sigmas = [layer.SIG.detach().cpu().clone()] if layer.SIG is not None else None
-    iterator = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc=f"fitting {layer.version}", leave=True)
-    for _ in iterator:
+    for _ in progress_bar(range(steps), desc=f"fitting {layer.version}", disable=not progress):
         optimizer.zero_grad(set_to_none=True)
         loss = kernel_loss(layer, target)
         losses.append(float(loss.detach()))

@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..files import DownloadError, cache_dir, fetch
 from .tfrecords import TFRecordError, decode_example, encode_example, index_tfrecord, read_tfrecord_at, verify_tfrecord, write_tfrecord
@@ -236,7 +236,7 @@ class ClickMe(Dataset):
         self.uint8_images = uint8_images
         self._records: list[tuple[int, int, int]] = []  # (file number, offset, record number)
         self.image_ids: list[str] = []
-        for number, path in enumerate(tqdm(files, desc="indexing shards", unit="shard", disable=not progress)):
+        for number, path in enumerate(progress_bar(files, desc="indexing shards", unit="shard", disable=not progress)):
             if not path.is_file():
                 raise FileNotFoundError(f"ClickMe shard not found: {path}")
             for record, (offset, _) in enumerate(index_tfrecord(path)):

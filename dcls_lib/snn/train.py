@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..data.delay_task import DelayTaskSpec, make_splits
 from ..files import write_json
@@ -238,7 +238,7 @@ def _train(config, delays, sigma, schedule, data, device, progress) -> dict:
     initial = layer_delays(model)
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc=f"{delays} delays, sigma {sigma}", disable=not progress, leave=False)
+    bar = progress_bar(range(config.epochs), desc=f"{delays} delays, sigma {sigma}", disable=not progress, leave=False)
     for epoch in bar:
         if learned:
             set_sigma(model, schedule(epoch))
@@ -302,7 +302,7 @@ def run_delay_study(
     device = resolve_device(device)
     data = data or delay_task_data(config)
     results = []
-    for delays, sigma in tqdm(runs, desc="runs", disable=not progress):
+    for delays, sigma in progress_bar(runs, desc="runs", disable=not progress):
         results.append(train_run(config, delays, sigma, data=data, device=device, progress=progress))
     threads = f"; trained on {config.cpu_threads} CPU thread(s)" if device.type == "cpu" and config.cpu_threads else ""
     study = {
