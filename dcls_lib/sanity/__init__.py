@@ -1,0 +1,32 @@
+"""Checks that a heatmap depends on the model, beside its alignment with human maps.
+
+- :mod:`.randomisation`: the model-parameter randomisation test (Adebayo et al. 2018).
+- :mod:`.faithfulness`: ROAD (Rong et al. 2022) through pytorch-grad-cam's own metrics.
+- :mod:`.report`: alignment, randomisation and ROAD side by side, with model-independent reference
+  maps, to show which check catches what.
+- :mod:`.spread`: the mean, spread and bootstrap interval every row reports.
+"""
+
+from .randomisation import (
+    MODES,
+    ParameterCounts,
+    RandomisationResult,
+    parameter_counts,
+    parameter_randomisation,
+    randomisation_layers,
+    randomise_,
+    randomised_copy,
+)
+from .spread import summarise
+
+__all__ = [
+    "MODES",
+    "ParameterCounts",
+    "RandomisationResult",
+    "parameter_counts",
+    "parameter_randomisation",
+    "randomisation_layers",
+    "randomise_",
+    "randomised_copy",
+    "summarise",
+]
