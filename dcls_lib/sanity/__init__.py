@@ -17,16 +17,26 @@ from .randomisation import (
     randomise_,
     randomised_copy,
 )
-from .spread import summarise
+from .faithfulness import PERCENTILES, RoadResult, rank_maps, road
+from .report import SanityReport, image_edges, sanity_report
+from .spread import spread_text, summarise
 
 __all__ = [
     "MODES",
+    "PERCENTILES",
     "ParameterCounts",
     "RandomisationResult",
+    "RoadResult",
+    "SanityReport",
+    "image_edges",
     "parameter_counts",
     "parameter_randomisation",
     "randomisation_layers",
     "randomise_",
     "randomised_copy",
+    "rank_maps",
+    "road",
+    "sanity_report",
+    "spread_text",
     "summarise",
 ]
