@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+from dcls_lib.cam import EXPLAINERS
 from dcls_lib.data.synthclick import SynthClick
 from dcls_lib.evaluate import PixelNormalize
 from dcls_lib.models import cam_target
+from dcls_lib.metrics import spearman
 from dcls_lib.models.small import create_small_model
 from dcls_lib.sanity import (
     parameter_counts,
@@ -17,6 +19,7 @@ from dcls_lib.sanity import (
     randomised_copy,
     summarise,
 )
+from dcls_lib.sanity.randomisation import MapSource, map_functions
 from dcls_lib.train import profile_config, train
 
 
@@ -138,3 +141,24 @@ def test_bad_arguments_get_one_line_errors(kwargs, message):
 def test_a_target_layer_outside_the_model_is_refused():
     with pytest.raises(ValueError, match="not a submodule"):
         parameter_randomisation(Decoy(), nn.Conv2d(3, 8, 3), torch.rand(2, 3, 8, 8), [0, 1])
+
+
+def test_replaying_the_unchanged_layers_gives_the_maps_of_a_randomised_copy(trained):
+    """The fast path (outputs below the randomised layers replayed, weights swapped in place) against
+    the plain one: a deep copy randomised by ``randomised_copy`` and its maps computed from scratch."""
+    model, images, labels = trained
+    images, labels = images[:10], labels[:10]
+    target = cam_target(model)
+    normalise = PixelNormalize(SynthClick.mean, SynthClick.std)
+    result = parameter_randomisation(model, target.layer, images, labels, preprocess=normalise, batch_size=4)
+    source = MapSource(target.name, images, labels, map_functions(EXPLAINERS), preprocess=normalise)
+    reference = source(model)
+    order = randomisation_layers(model)
+    for k in (0, 1, 4, len(order) - 1):
+        cascade = source(randomised_copy(model, order[:k + 1]))
+        alone = source(randomised_copy(model, [order[k]]))
+        for explainer in EXPLAINERS:
+            for mode, maps in (("cascading", cascade), ("independent", alone)):
+                expected = spearman(reference[explainer], maps[explainer])
+                got = result.correlations[mode, order[k], explainer]
+                assert torch.allclose(got, expected, atol=1e-6, equal_nan=True), (mode, order[k], explainer)

@@ -32,17 +32,19 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..cam import DEFAULT_THRESHOLD, EXPLAINERS, _check_threshold
+from ..cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, _check_threshold
 from ..heatmaps import LayerTensors, layer_tensors, method_label
 from ..metrics import spearman
 from ..viz import table_text
+from .replay import recording, replayable, replaying
 from .spread import DEFAULT_RESAMPLES, spread_text, summarise
 
 MODES = ("cascading", "independent")
 
-MapFunction = Callable[[LayerTensors, Tensor, tuple], Tensor]
-"""``fn(tensors, images, size) -> maps (N, *size)``: a map from the target layer's activations and
-gradients (:class:`~dcls_lib.heatmaps.LayerTensors`) and the images (N, 3, H, W) in [0, 1]."""
+MapFunction = Callable[[LayerTensors, Tensor, slice], Tensor]
+"""``fn(tensors, images, index) -> maps (n, H, W)``: a map from the target layer's activations and
+gradients (:class:`~dcls_lib.heatmaps.LayerTensors`) for a batch of images (n, 3, H, W) in [0, 1],
+on the model's device; ``index`` says which of the caller's images the batch holds."""
 
 # A layer is the module path cut after a timm block index, after a stage's part, or at the top level.
 _LAYER = re.compile(r"^(stages\.\d+\.blocks\.\d+|layer\d+\.\d+|stages\.\d+\.[^.]+|[^.]+)(?=\.|$)")
@@ -138,7 +140,7 @@ def study_map(explainer: str, threshold: float = DEFAULT_THRESHOLD) -> MapFuncti
     if explainer not in EXPLAINERS:
         raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
     threshold = _check_threshold(threshold)
-    return lambda tensors, images, size: tensors.maps(explainer, threshold, size)
+    return lambda tensors, images, index: tensors.maps(explainer, threshold, tuple(images.shape[-2:]))
 
 
 def map_functions(
@@ -160,7 +162,8 @@ def explainer_label(name: str, threshold: float = DEFAULT_THRESHOLD) -> str:
 
 
 class MapSource:
-    """The maps of one model for fixed images and labels: one forward and a head-only backward per batch."""
+    """The maps of one model for fixed images and labels (``source(model) -> {name: maps}``), computed
+    through :func:`~dcls_lib.heatmaps.layer_tensors`: one forward and a head-only backward per batch."""
 
     def __init__(self, target_name: str, images: Tensor, labels: Tensor, functions: Mapping[str, MapFunction], *,
                  preprocess=None, reshape_transform=None, batch_size: int = 64, device=None):
@@ -173,8 +176,8 @@ class MapSource:
                                 target_layer=model.get_submodule(self.target_name),
                                 reshape_transform=self.reshape_transform, batch_size=self.batch_size, device=device)
         tensors = LayerTensors(tensors.activations.to(device), tensors.gradients.to(device))
-        images, size = self.images.to(device).float(), tuple(self.images.shape[-2:])
-        return {name: fn(tensors, images, size) for name, fn in self.functions.items()}
+        images = self.images.to(device).float()
+        return {name: fn(tensors, images, slice(0, len(images))) for name, fn in self.functions.items()}
 
 
 @dataclass
@@ -242,40 +245,95 @@ def parameter_randomisation(
     """The randomisation test of ``model``'s maps at ``target_layer`` on ``images`` (N, 3, H, W) in [0, 1].
 
     ``labels``: the class explained per image.  ``layers``: module names, top first (default
-    :func:`randomisation_layers`).  ``preprocess`` turns images into the model's input.  Maps of the
-    trained model are computed once; each randomised model then costs one forward pass and a
-    backward through the head per batch, and its maps are correlated with the trained ones in one
-    batched Spearman call.  ``model`` itself is never modified.  ``constant`` decides what a pair
+    :func:`randomisation_layers`).  ``preprocess`` turns images into the model's input.
+
+    Cost.  Batch by batch: the trained model's maps, then, for every step, the randomised weights
+    are loaded into one working copy (each layer's re-initialised state is drawn once), and the
+    forward pass replays the trained outputs of everything below the randomised layers
+    (:mod:`dcls_lib.sanity.replay`) instead of recomputing them: only the randomised part and what
+    follows it run, then a backward through the head.  Each step's maps are correlated with the
+    trained ones in one batched Spearman call.  ``model`` itself is never modified.  ``constant`` decides what a pair
     with a constant map counts for in the mean (see :mod:`dcls_lib.sanity.spread`).
     """
     labels = _check_images(images, labels)
     functions = map_functions(explainers, threshold)
     if isinstance(modes, str) or not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty list from {MODES}, got {modes!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     order = randomisation_layers(model) if layers is None else _check_layers(model, layers)
     target_name = _module_name(model, target_layer)
-    source = MapSource(target_name, images, labels, functions, preprocess=preprocess,
-                       reshape_transform=reshape_transform, batch_size=batch_size, device=device)
-    trained = source(model)
     counts = {name: parameter_counts(model, name) for name in order}
-    correlations, rows = {}, []
+    work = copy.deepcopy(model).eval()
+    device = torch.device(device) if device is not None else next(work.parameters()).device
+    work.to(device)
+    modules = {name: work.get_submodule(name) for name in order}
+    trained_states, random_states = _layer_states(work, order, seed)
+    glue = _glue(work, order)
+    parameters = {name: {id(p) for p in module.parameters()} for name, module in {**modules, **glue}.items()}
+    steps = [("cascading", k, order[:k + 1]) for k in range(len(order)) if "cascading" in modes]
+    steps += [("independent", k, [order[k]]) for k in range(len(order)) if "independent" in modes]
+    cam = StudyCAM(work, work.get_submodule(target_name), reshape_transform)
+    watched = {**modules, **glue, target_name: work.get_submodule(target_name)}
+    per_batch: dict[tuple[str, str, str], list[Tensor]] = {}
 
-    def record(mode: str, step: int, name: str, maps: dict[str, Tensor]) -> None:
-        for explainer, reference in trained.items():
-            rho = spearman(reference, maps[explainer]).cpu()
-            correlations[mode, name, explainer] = rho
-            rows.append({"mode": mode, "step": step, "layer": name, "explainer": explainer,
+    def maps_of(batch: Tensor, labels_batch: Tensor, index: slice) -> dict[str, Tensor]:
+        tensors = LayerTensors(*cam.layer_tensors(preprocess(batch) if preprocess is not None else batch, labels_batch))
+        return {name: fn(tensors, batch, index) for name, fn in functions.items()}
+
+    for start in range(0, images.shape[0], batch_size):
+        index = slice(start, start + batch_size)
+        batch, labels_batch = images[index].to(device).float(), labels[index].to(device)
+        with recording(watched) as record:
+            trained = maps_of(batch, labels_batch, index)
+        loaded: list[str] = []
+        for mode, k, changed in steps:
+            _load(modules, random_states, [n for n in changed if n not in loaded])
+            loaded = list(changed)
+            changed_parameters = set().union(*(parameters[n] for n in changed))
+            skip = replayable(record, [*order, *glue], changed, target_name, changed_parameters, parameters)
+            with replaying({n: watched[n] for n in skip}, record):
+                maps = maps_of(batch, labels_batch, index)
+            for explainer, reference in trained.items():
+                per_batch.setdefault((mode, order[k], explainer), []).append(spearman(reference, maps[explainer]).cpu())
+            if mode == "independent" or k == len(order) - 1:
+                _load(modules, trained_states, loaded)
+                loaded = []
+    correlations, rows = {}, []
+    for mode, k, _ in steps:
+        name = order[k]
+        for explainer in functions:
+            rho = correlations[mode, name, explainer] = torch.cat(per_batch[mode, name, explainer])
+            rows.append({"mode": mode, "step": k + 1, "layer": name, "explainer": explainer,
                          **summarise(rho, constant=constant, resamples=resamples, seed=seed),
                          "params reset": counts[name].reset, "params kept": counts[name].kept,
                          "params shared": counts[name].shared})
-
-    if "cascading" in modes:
-        cascade = copy.deepcopy(model)
-        for position, name in enumerate(order):
-            randomise_(cascade, [name], seed, [position])
-            record("cascading", position + 1, name, source(cascade))
-        del cascade
-    if "independent" in modes:
-        for position, name in enumerate(order):
-            record("independent", position + 1, name, source(randomise_(copy.deepcopy(model), [name], seed, [position])))
     return RandomisationResult(correlations, rows, order, float(threshold), constant, counts)
+
+
+def _glue(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    """The parameter-free modules between the layers (ResNet's stem activation and max pooling):
+    neither inside a layer nor holding one, so that replaying can skip them too."""
+    def related(name: str) -> bool:
+        return any(name == layer or name.startswith(layer + ".") or layer.startswith(name + ".") for layer in layers)
+
+    return {name: module for name, module in model.named_modules()
+            if name and not related(name) and next(module.parameters(), None) is None}
+
+
+def _layer_states(model: nn.Module, layers: Sequence[str], seed: int) -> tuple[dict, dict]:
+    """Each layer's trained state and its re-initialised state (seeded by its position), as copies;
+    ``model`` is left trained."""
+    trained, randomised = {}, {}
+    for position, name in enumerate(layers):
+        module = model.get_submodule(name)
+        trained[name] = {k: v.clone() for k, v in module.state_dict().items()}
+        randomise_(model, [name], seed, [position])
+        randomised[name] = {k: v.clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(trained[name])
+    return trained, randomised
+
+
+def _load(modules: Mapping[str, nn.Module], states: Mapping[str, dict], names: Sequence[str]) -> None:
+    for name in names:
+        modules[name].load_state_dict(states[name])

@@ -136,8 +136,8 @@ def sanity_report(
         raise ValueError(f"road_images must be a non-negative int or None, got {road_images!r}")
     functions = {name: study_map(name, threshold) for name in explainers}
     if references:
-        functions[EDGES] = lambda tensors, batch, size: image_edges(batch)
-        functions[HUMAN] = lambda tensors, batch, size: human_maps.to(batch.device).float()
+        functions[EDGES] = lambda tensors, batch, index: image_edges(batch)
+        functions[HUMAN] = lambda tensors, batch, index: human_maps[index].to(batch.device).float()
     source = MapSource(_module_name(model, target_layer), images, labels, functions, preprocess=preprocess,
                        reshape_transform=reshape_transform, batch_size=batch_size, device=device)
     trained = source(model)
