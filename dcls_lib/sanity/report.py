@@ -113,7 +113,7 @@ def sanity_report(
     layers: Optional[Sequence[str]] = None,
     preprocess: Optional[Callable[[Tensor], Tensor]] = None,
     reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
-    road_images: Optional[int] = None,
+    road_images: Optional[int] = 16,
     road_percentiles: Sequence[float] = PERCENTILES,
     constant: str = "zero",
     ceiling: float = HUMAN_CEILING,
@@ -125,8 +125,9 @@ def sanity_report(
     """Alignment with ``human_maps`` (N, H, W), the randomisation test and ROAD for the study's maps
     and, with ``references``, the human maps and the images' edges (see the module docstring).
 
-    ROAD runs on the first ``road_images`` images (default all): it solves a sparse system per
-    image, removed share and direction, far more than the randomisation test costs.
+    ROAD runs on the first ``road_images`` images (``None``: all): pytorch-grad-cam solves a sparse
+    system per image, removed share and direction, on the CPU, some seconds per image at 96 px
+    (``benchmarks/sanity_speed.py``), far more than the randomisation test costs.
     """
     labels = _check_images(images, labels)
     if not isinstance(human_maps, Tensor) or human_maps.shape != (images.shape[0], *images.shape[-2:]):
