@@ -3,9 +3,13 @@
 Randomising the layers from the top down leaves everything below them as trained: their outputs
 are the trained model's.  :func:`recording` keeps, for one batch, the outputs of chosen modules and
 when each started and finished; :func:`replaying` then makes those modules return the kept outputs
-instead of computing them (their instance ``forward`` is swapped for one that returns a copy; a
-copy, because a following in-place activation would otherwise overwrite the kept tensor).  Which
-modules may be replayed is the caller's decision (:func:`replayable`).
+instead of computing them (their instance ``forward`` is swapped).  Which modules may be replayed
+is the caller's decision (:func:`replayable`).
+
+In-place operations.  Outputs are kept as copies made when each module finishes, since the next
+module may change its input in place (ResNet's ``ReLU(inplace=True)``).  A kept output that the
+recorded pass changed in place is handed out as a fresh copy each time it is replayed; the others
+are handed out as they are, and :func:`replaying` checks on leaving that none was changed.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ class Recording:
     outputs: dict[str, list] = field(default_factory=dict)
     starts: dict[str, int] = field(default_factory=dict)
     ends: dict[str, int] = field(default_factory=dict)
+    changed_in_place: set[str] = field(default_factory=set)  # outputs the next module overwrote
 
 
-def _detached(output):
+def _tensors(output) -> Optional[tuple[Tensor, ...]]:
     if isinstance(output, Tensor):
-        return output.detach()
+        return (output,)
     if isinstance(output, (tuple, list)) and all(isinstance(o, Tensor) for o in output):
-        return type(output)(o.detach() for o in output)
+        return tuple(output)
     return None  # not replayable
 
 
 def _copied(output):
-    return output.clone() if isinstance(output, Tensor) else type(output)(o.clone() for o in output)
+    return output.detach().clone() if isinstance(output, Tensor) else type(output)(o.detach().clone() for o in output)
+
+
+def _versions(output) -> tuple[int, ...]:
+    return tuple(t._version for t in _tensors(output))
 
 
 @contextmanager
@@ -51,10 +60,14 @@ def recording(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
 
     def finished(name):
         def hook(module, inputs, output):
-            record.outputs[name].append(_detached(output))
+            kept = _copied(output) if _tensors(output) is not None else None
+            record.outputs[name].append(kept)
+            if kept is not None:
+                live.append((name, output, _versions(output)))
             record.ends[name] = next(clock)
         return hook
 
+    live: list = []  # the outputs as the forward pass used them, to see which were changed in place
     handles = [h for name, m in modules.items()
                for h in (m.register_forward_pre_hook(started(name)), m.register_forward_hook(finished(name)))]
     try:
@@ -62,6 +75,7 @@ def recording(modules: Mapping[str, nn.Module]) -> Iterator[Recording]:
     finally:
         for handle in handles:
             handle.remove()
+        record.changed_in_place = {name for name, output, versions in live if _versions(output) != versions}
 
 
 def replayable(record: Recording, candidates: Sequence[str], changed: Sequence[str], target: str,
@@ -88,6 +102,7 @@ def replaying(modules: Mapping[str, nn.Module], record: Optional[Recording]) -> 
     if record is None or not modules:
         yield
         return
+    kept = {name: [_versions(o) for o in record.outputs[name]] for name in modules}
     for name, module in modules.items():
         calls = iter(record.outputs[name])
 
@@ -95,7 +110,7 @@ def replaying(modules: Mapping[str, nn.Module], record: Optional[Recording]) -> 
             output = next(_calls, None)
             if output is None:
                 raise RuntimeError(f"module {_name!r} ran more often than when it was recorded")
-            return _copied(output)
+            return _copied(output) if _name in record.changed_in_place else output
 
         module.forward = forward
     try:
@@ -103,3 +118,6 @@ def replaying(modules: Mapping[str, nn.Module], record: Optional[Recording]) -> 
     finally:
         for module in modules.values():
             del module.forward
+    for name, versions in kept.items():
+        if [_versions(o) for o in record.outputs[name]] != versions:
+            raise RuntimeError(f"the replayed output of {name!r} was changed in place; it cannot be replayed again")
