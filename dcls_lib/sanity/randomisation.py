@@ -252,8 +252,10 @@ def parameter_randomisation(
     forward pass replays the trained outputs of everything below the randomised layers
     (:mod:`dcls_lib.sanity.replay`) instead of recomputing them: only the randomised part and what
     follows it run, then a backward through the head.  Each step's maps are correlated with the
-    trained ones in one batched Spearman call.  ``model`` itself is never modified.  ``constant`` decides what a pair
-    with a constant map counts for in the mean (see :mod:`dcls_lib.sanity.spread`).
+    trained ones in one batched Spearman call.  ``model`` itself is never modified.
+
+    ``constant`` decides what a pair with a constant map counts for in the mean
+    (:mod:`dcls_lib.sanity.spread`); each row also counts such pairs.
     """
     labels = _check_images(images, labels)
     functions = map_functions(explainers, threshold)
