@@ -48,9 +48,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the full test")
-    parser.add_argument("--baseline-images", type=int, default=48)
+    parser.add_argument("--baseline-images", type=int, default=8)
     parser.add_argument("--baseline-rounds", type=int, default=3)
-    parser.add_argument("--road-images", type=int, default=4)
+    parser.add_argument("--road-images", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
