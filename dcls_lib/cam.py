@@ -47,8 +47,19 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import Tensor, nn
 
+from .validation import check_choice
+
 EXPLAINERS = ("gradcam", "threshold-gradcam")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "threshold-gradcam": "Threshold-Grad-CAM"}
 DEFAULT_THRESHOLD = 0.3
+
+
+def method_label(explainer: str, threshold: Optional[float] = None) -> str:
+    """'Grad-CAM' or 'Threshold-Grad-CAM (t = 0.3)': how figures and tables name a map."""
+    check_choice("explainer", explainer, EXPLAINERS)
+    if explainer == "threshold-gradcam":
+        return f"{METHOD_NAMES[explainer]} (t = {DEFAULT_THRESHOLD if threshold is None else threshold:g})"
+    return METHOD_NAMES[explainer]
 
 
 def _check_threshold(threshold: float) -> float:

@@ -24,7 +24,7 @@ def progress_bar(iterable=None, *, disable: bool = False, **kwargs) -> tqdm:
     return tqdm(iterable, disable=disable or quiet(), **kwargs)
 
 
-def log(message: str) -> None:
+def note(message: str) -> None:
     """One line about a run's progress, printed without breaking a bar; silent when :func:`quiet`."""
     if not quiet():
         tqdm.write(message)

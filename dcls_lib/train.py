@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from .progress import log, progress_bar
+from .progress import note, progress_bar
 
 from .data.synthclick import SynthClick
 from .files import save_torch, write_json
@@ -272,7 +272,7 @@ def train(
         })
         positions[f"epoch {epoch + 1}"] = position_snapshot(model)
         if progress:
-            log(f"{config.family}-{config.variant} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
+            note(f"{config.family}-{config.variant} epoch {epoch + 1}: train loss {loss_sum / seen:.3f}, "
                        f"val acc {val_acc:.3f}")
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

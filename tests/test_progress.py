@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from dcls_lib.progress import QUIET_ENV, log, progress_bar, quiet
+from dcls_lib.progress import QUIET_ENV, note, progress_bar, quiet
 
 
 def test_quiet_follows_the_environment(monkeypatch):
@@ -19,7 +19,7 @@ def test_bars_and_logs_are_silent_when_quiet(monkeypatch, capsys):
     monkeypatch.setenv(QUIET_ENV, "1")
     out = io.StringIO()
     assert list(progress_bar(range(3), file=out)) == [0, 1, 2]
-    log("epoch 1: loss 0.5")
+    note("epoch 1: loss 0.5")
     assert out.getvalue() == "" and capsys.readouterr().out == ""
 
 
@@ -29,5 +29,5 @@ def test_bars_and_logs_show_otherwise(monkeypatch, capsys):
     assert list(progress_bar(range(3), file=out, desc="steps")) == [0, 1, 2]
     assert "steps" in out.getvalue() and "3/3" in out.getvalue()
     assert progress_bar(range(3), file=out, disable=True).disable
-    log("epoch 1: loss 0.5")
+    note("epoch 1: loss 0.5")
     assert "epoch 1: loss 0.5" in capsys.readouterr().out

@@ -10,22 +10,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
 
-from ..cam import DEFAULT_THRESHOLD, EXPLAINERS
-from ..validation import check_choice
+from ..cam import DEFAULT_THRESHOLD, METHOD_NAMES, method_label
 from .viz import figure_png
 from .widgets import Control, Panel, frame_explorer
 
-METHOD_NAMES = {"gradcam": "Grad-CAM", "threshold-gradcam": "Threshold-Grad-CAM"}
 MAP_CMAP = "magma"
 HUMAN_CONTOUR = {"levels": [0.5], "colors": "cyan", "linewidths": 0.9}
-
-
-def method_label(explainer: str, threshold: Optional[float] = None) -> str:
-    """'Grad-CAM' or 'Threshold-Grad-CAM (t = 0.3)': how figures and tables name a map."""
-    check_choice("explainer", explainer, EXPLAINERS)
-    if explainer == "threshold-gradcam":
-        return f"{METHOD_NAMES[explainer]} (t = {DEFAULT_THRESHOLD if threshold is None else threshold:g})"
-    return METHOD_NAMES[explainer]
 
 
 def _hwc(image: Tensor) -> np.ndarray:

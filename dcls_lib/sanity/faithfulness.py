@@ -31,7 +31,7 @@ from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostReleva
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from torch import Tensor, nn
 
-from ..viz import table_text
+from ..tables import table_text
 from .spread import DEFAULT_RESAMPLES, spread_text, summarise
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # pytorch-grad-cam's ROADCombined default

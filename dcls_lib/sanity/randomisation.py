@@ -32,10 +32,10 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, _check_threshold
-from ..heatmaps import LayerTensors, layer_tensors, method_label
+from ..cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, _check_threshold, method_label
+from ..heatmaps import LayerTensors, layer_tensors
 from ..metrics import spearman
-from ..viz import table_text
+from ..tables import table_text
 from .replay import recording, replayable, replaying
 from .spread import DEFAULT_RESAMPLES, spread_text, summarise
 
@@ -157,7 +157,7 @@ def map_functions(
 
 
 def explainer_label(name: str, threshold: float = DEFAULT_THRESHOLD) -> str:
-    """How tables name a map: the study's methods by :func:`~dcls_lib.heatmaps.method_label`, others as given."""
+    """How tables name a map: the study's methods by :func:`~dcls_lib.cam.method_label`, others as given."""
     return method_label(name, threshold) if name in EXPLAINERS else name
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..cam import DEFAULT_THRESHOLD, EXPLAINERS
 from ..metrics import HUMAN_CEILING, spearman
-from ..viz import table_text
+from ..tables import table_text
 from .faithfulness import PERCENTILES, RoadResult, road
 from .randomisation import (
     MODES,
