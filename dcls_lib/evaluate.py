@@ -43,7 +43,7 @@ from .progress import progress_bar
 
 from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM
 from .data.tfrecords import TFRecordError
-from .files import file_digest, write_text
+from .files import file_digest, write_json, write_text
 from .metrics import (
     CONSTANT_POLICIES,
     HUMAN_CEILING,
@@ -52,7 +52,8 @@ from .metrics import (
     spearman,
     top_fraction_overlap,
 )
-from .runtime import default_device, device_name, run_info
+from .runtime import device_name, resolve_device, run_info
+from .sanity.checks import SANITY_METRICS, model_checks, parse_metrics
 from .transforms import PixelNormalize
 
 RESULTS_FORMAT = "dcls_lib.alignment/2"
@@ -305,15 +306,6 @@ def _image_ids(dataset: Dataset) -> list[str]:
     return ids
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return default_device()
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but CUDA is not available here")
-    return device
-
-
 class DamagedRecordError(TFRecordError):
     """A damaged record stopped the run; the rest of its batch was saved first."""
 
@@ -398,7 +390,7 @@ def evaluate_alignment(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative int, got {limit!r}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
 
@@ -557,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study-quirks", action="store_true",
                         help="reproduce the study's code exactly: images cast to uint8 after resizing, constant maps left out")
     parser.add_argument("--skip-damaged", action="store_true", help="skip damaged records and list them in the summary")
+    parser.add_argument("--metrics", type=parse_metrics, default=("alignment",),
+                        help="comma-separated: alignment (every image, resumable), randomisation (the model-parameter "
+                             "randomisation test), road (ROAD faithfulness); default alignment")
+    parser.add_argument("--sanity-images", type=_positive, default=32,
+                        help="how many of the first images randomisation and road run on (default 32)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep the model's memory layout (NCHW)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
@@ -586,13 +583,13 @@ def _default_results(args, record: dict) -> Path:
     return Path("runs", "alignment", f"{model}{weights}_{args.explainer}_{args.data.partition(':')[0]}.jsonl")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> AlignmentSummary:
+def main(argv: Optional[Sequence[str]] = None) -> Optional[AlignmentSummary]:
     """Run the command line; errors propagate (``cli`` turns them into one line and exit status 2)."""
     return run(build_parser().parse_args(argv))
 
 
-def run(args: argparse.Namespace) -> AlignmentSummary:
-    """The evaluation the parsed command line asks for; prints the summary table."""
+def run(args: argparse.Namespace) -> Optional[AlignmentSummary]:
+    """The evaluation the parsed command line asks for; prints its tables (no summary without alignment)."""
     say = (lambda message: None) if args.no_progress else (lambda message: print(message, file=sys.stderr, flush=True))
     run_dir = trained_run_dir(args.model)
     if run_dir is None and (args.checkpoint is None) == (not args.random_init):
@@ -617,18 +614,32 @@ def run(args: argparse.Namespace) -> AlignmentSummary:
     settings = ExplainerSettings(args.explainer, args.threshold, args.amp or False, channels_last=not args.no_channels_last)
     metadata = {"model": args.model, **record, "data": data_name, "image_size": args.image_size,
                 "study_quirks": args.study_quirks}
-    try:
-        summary = evaluate_alignment(
-            loaded.model, loaded.layer, dataset, reshape_transform=loaded.reshape_transform, preprocess=loaded.preprocess,
-            settings=settings, batch_size=args.batch_size, device=args.device, results_path=results, constant=constant,
-            num_workers=args.num_workers, limit=args.limit, metadata=metadata, skip_damaged=args.skip_damaged,
-            progress=not args.no_progress,
+    summary = None
+    if "alignment" in args.metrics:
+        try:
+            summary = evaluate_alignment(
+                loaded.model, loaded.layer, dataset, reshape_transform=loaded.reshape_transform,
+                preprocess=loaded.preprocess, settings=settings, batch_size=args.batch_size, device=args.device,
+                results_path=results, constant=constant, num_workers=args.num_workers, limit=args.limit,
+                metadata=metadata, skip_damaged=args.skip_damaged, progress=not args.no_progress,
+            )
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the images scored so far are saved in {results}; run the same command again to resume",
+                  file=sys.stderr)
+            raise
+        print(summary.table())
+    if set(args.metrics) & set(SANITY_METRICS):
+        say(f"sanity checks ({', '.join(m for m in args.metrics if m in SANITY_METRICS)}) "
+            f"on the first {args.sanity_images} images ...")
+        checks = model_checks(
+            loaded.model, loaded.layer, dataset, args.metrics, explainer=settings.explainer,
+            threshold=settings.threshold, count=args.sanity_images, preprocess=loaded.preprocess,
+            reshape_transform=loaded.reshape_transform, seed=args.seed, batch_size=args.batch_size,
+            device=resolve_device(args.device),
         )
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the images scored so far are saved in {results}; run the same command again to resume",
-              file=sys.stderr)
-        raise
-    print(summary.table())
+        write_json(results.with_suffix(".sanity.json"), {"settings": metadata, "explainer": settings.explainer,
+                                                          "threshold": settings.threshold, **checks.to_dict()})
+        print(checks.tables())
     return summary
 
 

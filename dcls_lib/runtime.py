@@ -37,8 +37,14 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
-    """``device`` as a ``torch.device``; ``None`` or ``"auto"``: CUDA where available, else the CPU."""
-    return default_device() if device in (None, "auto") else torch.device(device)
+    """``device`` as a ``torch.device``; ``None`` or ``"auto"``: CUDA where available, else the CPU.
+    Asking for CUDA where there is none is an error here rather than deep inside a run."""
+    if device is None or device == "auto":
+        return default_device()
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but CUDA is not available here")
+    return device
 
 
 def device_name(device: torch.device | str | None = None) -> str:

@@ -244,3 +244,30 @@ def test_study_quirks_switch(shards, tmp_path, capsys):
     assert code == 2 and "cannot be combined" in err
     code, _, err = cli([*base, "--data", "synthclick", "--study-quirks"], capsys)
     assert code == 2 and "--data clickme only" in err
+
+
+def test_metrics_add_randomisation_and_road_on_a_sample(shards, tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    base = [*SMALL, "--random-init", "--data", f"clickme:{shards}", "--results", results, "--sanity-images", "2"]
+    code, out, err = cli([*base, "--limit", "2", "--metrics", "alignment,randomisation,road"], capsys)
+    assert code == 0, err
+    assert "2 evaluated" in out and "Randomisation test" in out and "first 2 images" in out and "ROAD" in out
+    saved = json.loads(results.with_suffix(".sanity.json").read_text())
+    assert saved["images"] == 2 and saved["settings"]["model"] == "resnet10t"
+    layers = [row["layer"] for row in saved["randomisation"] if row["mode"] == "cascading"]
+    assert layers[0] == "fc" and len(layers) == len(set(layers)) > 3  # top down, one row per layer
+    assert len(saved["road"]["rows"]) == 9 and "mean" in saved["road"]["combined"]
+
+    # the checks alone: no alignment results are written or printed
+    other = tmp_path / "only.jsonl"
+    code, out, _ = cli([*SMALL, "--random-init", "--data", f"clickme:{shards}", "--results", other,
+                        "--metrics", "randomisation", "--sanity-images", "1"], capsys)
+    assert code == 0 and "Randomisation test" in out and "ROAD" not in out and "evaluated" not in out
+    assert not other.exists() and other.with_suffix(".sanity.json").is_file()
+
+
+@pytest.mark.parametrize("text", ["alignment,alignment", "gradients", ""])
+def test_unknown_metrics_are_refused_in_one_line(text, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.cli([*SMALL, "--random-init", "--metrics", text])
+    assert stop.value.code == 2 and "--metrics" in capsys.readouterr().err

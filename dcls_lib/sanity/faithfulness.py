@@ -85,6 +85,17 @@ class RoadResult:
         return table_text(rows)
 
 
+class _Preprocessed(nn.Module):
+    """``model(preprocess(x))`` as one module, for any callable ``preprocess`` (a transform need not be a module)."""
+
+    def __init__(self, preprocess: Callable[[Tensor], Tensor], model: nn.Module) -> None:
+        super().__init__()
+        self.preprocess, self.model = preprocess, model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(self.preprocess(images))
+
+
 def _check_percentiles(percentiles) -> tuple[int, ...]:
     if isinstance(percentiles, (str, int)) or not percentiles:
         raise ValueError(f"percentiles must be a non-empty list of numbers in (0, 100), got {percentiles!r}")
@@ -132,7 +143,7 @@ def road(
     if torch.isnan(maps).any():
         raise ValueError("maps have NaN values")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    scored = (nn.Sequential(preprocess, model) if preprocess is not None else model).eval()
+    scored = (model if preprocess is None else _Preprocessed(preprocess, model)).eval()
     maps = maps.detach().float().cpu()
     if break_ties:
         maps = rank_maps(maps, torch.Generator().manual_seed(seed))

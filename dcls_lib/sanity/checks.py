@@ -1,0 +1,106 @@
+"""The sanity checks of one model on the first images of a dataset, as the evaluation command runs them.
+
+``python -m dcls_lib.evaluate --metrics alignment,randomisation,road`` scores alignment on every
+image (resumable, :mod:`dcls_lib.evaluate`) and runs the checks here on the first ``count`` images:
+the randomisation test costs a forward pass per randomised layer and ROAD a sparse solve per image
+and share removed, so both run on a sample, said in their tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..validation import check_positive_int
+from .faithfulness import RoadResult, road
+from .randomisation import MapSource, RandomisationResult, _module_name, parameter_randomisation, study_map
+
+SANITY_METRICS = ("randomisation", "road")
+METRICS = ("alignment", *SANITY_METRICS)
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``"alignment,road"`` -> ("alignment", "road"); unknown or repeated names are an error."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = sorted(set(names) - set(METRICS))
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"--metrics must be a comma-separated list of {', '.join(METRICS)} without repeats, got {text!r}")
+    return names
+
+
+def first_items(dataset: Dataset, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The first ``count`` items of a (image, label, human map) dataset, stacked: (N, 3, H, W), (N,), (N, H, W)."""
+    check_positive_int(count=count)
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    if not items:
+        raise ValueError("the dataset is empty: no image to run the sanity checks on")
+    images, labels, human_maps = zip(*items)
+    return torch.stack(images), torch.as_tensor(labels), torch.stack(human_maps)
+
+
+@dataclass
+class ModelChecks:
+    """What the checks measured; ``None`` for a check not asked for."""
+
+    images: int
+    randomisation: Optional[RandomisationResult]
+    road: Optional[RoadResult]
+
+    def tables(self) -> str:
+        """The checks' Markdown tables, each under a line saying what it is and on how many images."""
+        parts = []
+        if self.randomisation is not None:
+            parts.append(f"Randomisation test (Spearman between the trained and the randomised model's maps; "
+                         f"first {self.images} images):\n\n{self.randomisation.table()}")
+        if self.road is not None:
+            parts.append(f"ROAD (change of the target's probability as pixels are imputed, most relevant first "
+                         f"against least relevant first; first {self.images} images):\n\n{self.road.table()}")
+        return "\n\n".join(parts)
+
+    def to_dict(self) -> dict:
+        """JSON-ready rows, for the file written beside the alignment results."""
+        out: dict = {"images": self.images}
+        if self.randomisation is not None:
+            out["randomisation"] = [dict(row) for row in self.randomisation.rows]
+        if self.road is not None:
+            out["road"] = {"rows": self.road.rows(), "combined": self.road.summary()}
+        return out
+
+
+def model_checks(
+    model: nn.Module,
+    target_layer: nn.Module,
+    dataset: Dataset,
+    metrics: Sequence[str],
+    *,
+    explainer: str,
+    threshold: float,
+    count: int = 32,
+    preprocess: Optional[Callable[[Tensor], Tensor]] = None,
+    reshape_transform: Optional[Callable] = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device=None,
+) -> ModelChecks:
+    """Run the sanity checks named in ``metrics`` ("randomisation", "road") on the first ``count`` items."""
+    images, labels, _ = first_items(dataset, count)
+    randomisation = None
+    if "randomisation" in metrics:
+        randomisation = parameter_randomisation(
+            model, target_layer, images, labels, explainers=(explainer,), threshold=threshold,
+            preprocess=preprocess, reshape_transform=reshape_transform, seed=seed, batch_size=batch_size, device=device,
+        )
+    faithfulness = None
+    if "road" in metrics:
+        source = MapSource(_module_name(model, target_layer), images, labels, {explainer: study_map(explainer, threshold)},
+                           preprocess=preprocess, reshape_transform=reshape_transform, batch_size=batch_size, device=device)
+        maps = source(model)[explainer].cpu()
+        # ROAD's imputation noise leaves pixels a little outside [0, 1], which an image transform may refuse
+        clipped = None if preprocess is None else (lambda x: preprocess(x.clamp(0.0, 1.0)))
+        faithfulness = road(model, images, maps, labels, preprocess=clipped, seed=seed, batch_size=batch_size,
+                            device=device)
+    return ModelChecks(len(images), randomisation, faithfulness)
