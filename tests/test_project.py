@@ -1,8 +1,11 @@
 """The project's own promises: one set of pins, CI runs the README's test command."""
 
+import json
 import re
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,29 @@ def test_no_unused_imports_or_undefined_names():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--output-format", "concise",
                              "dcls_lib", "tests", "benchmarks", "book", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+CODE_WIDTH = 79  # characters the book's code cells show at the browser test's 1280 px window
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Chapters still being rewritten for the page width: remove a name once its chapter fits.
+TOO_WIDE_FOR_NOW = {"04_training", "05_gradcam", "06_study", "07_explorer"}
+
+
+def _code_lines(path: Path):
+    for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] == "code":
+            for line in "".join(cell["source"]).splitlines():
+                yield index, line
+
+
+@pytest.mark.parametrize("notebook", [
+    pytest.param(path, id=path.stem, marks=[pytest.mark.xfail(
+        strict=False, reason=f"{path.stem} is not yet rewritten to fit the page (issue 16)")]
+        if path.stem in TOO_WIDE_FOR_NOW else [])
+    for path in NOTEBOOKS
+])
+def test_code_lines_fit_the_page(notebook):
+    """No code line wider than a code cell shows: a reader would see half of it."""
+    wide = [f"cell {i}: {line.strip()[:60]}... ({len(line)} characters)"
+            for i, line in _code_lines(notebook) if len(line) > CODE_WIDTH]
+    assert not wide, f"{notebook.name} has {len(wide)} lines over {CODE_WIDTH} characters: " + "; ".join(wide[:3])
