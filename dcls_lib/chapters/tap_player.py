@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from ..layers import get_interpolation
@@ -110,16 +109,11 @@ def tap_player(
     """Buttons for the interpolation, a slider for the tap's column and one for ``σ``, showing
     the frames of :func:`tap_frames`; the caption states how many frames the page holds and
     their weight.  Returns :func:`frame_explorer`'s box."""
-    frames = tap_frames(
-        size, target, columns, positions, sigmas, label, interpolations, dpi
-    )
-    near = torch.tensor([float(p) for p in positions])
-    start = int((near - initial_position).abs().argmin())
-    sigma_start = 0
-    if initial_sigma is not None:
-        if initial_sigma not in sigmas:
-            raise ValueError(f"initial_sigma {initial_sigma} is not one of the σ {list(sigmas)}")
-        sigma_start = list(sigmas).index(initial_sigma)
+    if initial_sigma is not None and initial_sigma not in sigmas:
+        raise ValueError(f"initial_sigma {initial_sigma} is not one of the σ {list(sigmas)}")
+    sigma_start = 0 if initial_sigma is None else list(sigmas).index(initial_sigma)
+    start = min(range(len(positions)), key=lambda j: abs(positions[j] - initial_position), default=0)
+    frames = tap_frames(size, target, columns, positions, sigmas, label, interpolations, dpi)
     controls = [
         Control("interpolation", list(interpolations), "toggle"),
         Control("tap column", [f"{p:+.2f}" for p in positions], "slider", start),
@@ -127,8 +121,6 @@ def tap_player(
     ]
     panel = Panel([c.name for c in controls], frames)
     distinct = len(set(frames.values()))
-    caption = (
-        f"{distinct} distinct frames, {page_weight_kb(frames):.0f} KB in the "
-        f"page; σ moves the triangle and the Gaussian only. {label}."
-    )
+    caption = (f"{distinct} distinct frames, {page_weight_kb(frames):.0f} KB in the page; "
+               f"σ moves the triangle and the Gaussian only. {label}.")
     return frame_explorer(controls, [panel], caption=caption)
