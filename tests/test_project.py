@@ -1,8 +1,11 @@
-"""The project's own promises: one set of pins, CI runs the README's test command."""
+"""The project's own promises: one set of pins, CI runs the README's test command, code fits the page."""
 
+import json
 import re
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,41 @@ def test_no_unused_imports_or_undefined_names():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--output-format", "concise",
                              "dcls_lib", "tests", "benchmarks", "book", "notebooks"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Characters a code cell shows without scrolling in the browser test's 1280 px window (14 px
+# monospace, measured in the built book): 77 in a cell, 75 in a folded (hide-input) one.
+CODE_WIDTH, FOLDED_CODE_WIDTH = 77, 75
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Chapters still being rewritten for the page width: remove a name once its chapter fits.
+TOO_WIDE_FOR_NOW = {"04_training", "05_gradcam", "06_study", "07_explorer"}
+
+
+def _code_lines(path: Path):
+    """(cell index, width limit, line) for every line of code: code cells and fenced blocks in text."""
+    for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+        lines = "".join(cell["source"]).splitlines()
+        if cell["cell_type"] == "code":
+            folded = "hide-input" in cell.get("metadata", {}).get("tags", [])
+            for line in lines:
+                yield index, FOLDED_CODE_WIDTH if folded else CODE_WIDTH, line
+        elif cell["cell_type"] == "markdown":
+            fenced = False
+            for line in lines:
+                if line.lstrip().startswith(("```", "~~~")):
+                    fenced = not fenced
+                elif fenced:
+                    yield index, CODE_WIDTH, line
+
+
+@pytest.mark.parametrize("notebook", [
+    pytest.param(path, id=path.stem, marks=[pytest.mark.xfail(
+        strict=False, reason=f"{path.stem} is not yet rewritten to fit the page (issue 16)")]
+        if path.stem in TOO_WIDE_FOR_NOW else [])
+    for path in NOTEBOOKS
+])
+def test_code_lines_fit_the_page(notebook):
+    """No code line wider than its cell shows: a reader would see half of it."""
+    wide = [f"cell {i}: {line.strip()[:50]}... ({len(line)} > {limit} characters)"
+            for i, limit, line in _code_lines(notebook) if len(line) > limit]
+    assert not wide, f"{notebook.name} has {len(wide)} lines wider than the page: " + "; ".join(wide[:3])

@@ -1,7 +1,5 @@
-"""Plot helpers and the static-HTML frame player."""
+"""Plot helpers of the chapters."""
 
-import ipywidgets as w
-from ipywidgets.widgets.widget_link import Link
 import matplotlib
 
 matplotlib.use("Agg")
@@ -20,7 +18,6 @@ from dcls_lib.chapters.viz import (  # noqa: E402
     plot_tap_frame,
     plot_tap_paths,
 )
-from dcls_lib.chapters.widgets import frame_player  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,37 +55,6 @@ def test_plot_tap_frame_draws_three_panels():
     assert len(fig.axes) == 4  # kernel, derivative, loss and its twin gradient axis
     assert "loss 0.500" in fig.axes[2].get_title()  # half the tap on the target cell: 0.5^2 + 0.5^2
     plt.close(fig)
-
-
-def _frames(n, tag):
-    return [tag + bytes([i]) for i in range(n)]
-
-
-def test_frame_player_links_the_slider_to_every_series():
-    box = frame_player({"a": _frames(4, b"a"), "b": _frames(4, b"b")}, ["-1", "0", "1", "2"], initial=1,
-                       caption="made here")
-    choice, slider, shown, caption = box.children
-    assert isinstance(choice, w.ToggleButtons) and isinstance(slider, w.SelectionSlider)
-    assert slider.index == 1 and list(slider.options) == [("-1", 0), ("0", 1), ("1", 2), ("2", 3)]
-    assert isinstance(shown, w.Stack) and len(shown.children) == 2
-    assert all(len(s.children) == 4 and s.selected_index == 1 for s in shown.children)
-    assert shown.children[1].children[2].value == b"b\x02"
-    assert "made here" in caption.value
-    links = [x for x in w.widgets.widget._instances.values() if isinstance(x, Link)]
-    targets = {(id(l.target[0]), l.target[1]) for l in links if l.source[0] is slider}
-    assert {(id(s), "selected_index") for s in shown.children} <= targets
-    assert any(l.source[0] is choice and l.target[0] is shown for l in links)
-
-
-def test_frame_player_single_series_and_errors():
-    box = frame_player({"only": _frames(2, b"x")}, ["a", "b"])
-    assert isinstance(box.children[0], w.SelectionSlider) and isinstance(box.children[1], w.Stack)
-    with pytest.raises(ValueError, match="has 1 frames but there are 2"):
-        frame_player({"s": _frames(1, b"x")}, ["a", "b"])
-    with pytest.raises(ValueError, match="frames is empty"):
-        frame_player({}, ["a"])
-    with pytest.raises(ValueError, match="initial"):
-        frame_player({"s": _frames(2, b"x")}, ["a", "b"], initial=5)
 
 
 def test_label_is_wrapped_to_the_figure_width():

@@ -100,25 +100,39 @@ def test_bibliography_lists_the_seed_papers(site):
 
 
 def test_tap_widget_moves_in_the_static_page(site):
-    """The chapter-2 widget: frames computed at build time, switched in the browser by the slider."""
+    """The chapter-2 player: frames computed at build time, switched in the browser by its buttons
+    (interpolation) and sliders (tap column, then σ)."""
     page = _load(site, "notebooks/02_interpolation")
-    assert page.evaluate("document.querySelectorAll('.widget-slider').length") >= 1
-    assert page.evaluate("document.querySelectorAll('.widget-toggle-buttons').length") >= 1
+    assert page.evaluate("document.querySelectorAll('.widget-slider').length") >= 2
+    labels = page.evaluate("Array.from(document.querySelectorAll('.widget-toggle-buttons button'))"
+                           ".map(b => b.textContent.trim())")
+    for name in ("v1", "max", "gauss", "v0"):
+        assert any(f"({name})" in label for label in labels), f"no {name} button among {labels}"
     page.evaluate("document.querySelector('.widget-slider').scrollIntoView({block: 'center'})")
+
+    def move(slider: int, key: str = "ArrowRight", code: int = 39) -> None:
+        handle = f"document.querySelectorAll('.widget-slider .noUi-handle')[{slider}]"
+        assert page.evaluate(f"(() => {{ const h = {handle}; h.focus(); return document.activeElement === h; }})()")
+        page.press(key, key, code)
+        page.settle(0.5)
+
     before = page.evaluate(VISIBLE_FRAME)
     readout = page.evaluate("document.querySelector('.widget-slider .widget-readout').textContent")
     assert before, "no frame of the widget is visible"
-    assert page.evaluate("(() => { const h = document.querySelector('.widget-slider .noUi-handle'); h.focus(); "
-                         "return document.activeElement === h; })()")
-    page.press("ArrowRight", "ArrowRight", 39)
-    page.settle(0.5)
+    move(0)  # the tap column
     after = page.evaluate(VISIBLE_FRAME)
     assert page.evaluate("document.querySelector('.widget-slider .widget-readout').textContent") != readout
-    assert after and after != before, "moving the slider did not change the frame"
+    assert after and after != before, "moving the tap did not change the frame"
     # another interpolation: another series of frames
-    page.evaluate("document.querySelectorAll('.widget-toggle-buttons button')[1].click()")
-    page.settle(0.5)
-    assert page.evaluate(VISIBLE_FRAME) not in ("", after)
+    _click_option(page, ".widget-toggle-buttons", next(label for label in labels if "(max)" in label))
+    triangle = page.evaluate(VISIBLE_FRAME)
+    assert triangle not in ("", after)
+    move(1)  # σ: the triangle's width changes
+    assert page.evaluate(VISIBLE_FRAME) not in ("", triangle), "σ did not change the triangle's frame"
+    _click_option(page, ".widget-toggle-buttons", next(label for label in labels if "(v1)" in label))
+    bilinear = page.evaluate(VISIBLE_FRAME)
+    move(1, "ArrowLeft", 37)  # bilinear has no width: σ leaves it alone
+    assert page.evaluate(VISIBLE_FRAME) == bilinear, "σ changed the bilinear frame"
     path = page.screenshot(SCREENSHOTS / "widget_02_interpolation.png", full_page=False)
     print(f"screenshot: {path}")
 
