@@ -83,6 +83,7 @@ from torch.utils.data import Dataset
 from ..files import atomic_path
 from ..validation import check_choice, check_positive_int
 from . import clickme
+from .items import stack_items
 
 __all__ = [
     "CLASSES",
@@ -571,11 +572,7 @@ class SynthClick(Dataset):
 
     def batch(self, indices: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Items ``indices`` (default: all) stacked: images (N, 3, H, W), labels (N,), human maps (N, H, W)."""
-        items = [self[i] for i in (range(len(self)) if indices is None else indices)]
-        if not items:
-            raise ValueError("batch needs at least one index")
-        images, labels, human_maps = zip(*items)
-        return torch.stack(images), torch.tensor(labels), torch.stack(human_maps)
+        return stack_items(self, range(len(self)) if indices is None else indices)
 
     def sample(self, index: int) -> SynthClickSample:
         """Item ``index`` with its part mask and scene (always regenerated, never cached)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..data.items import stack_items
 from ..validation import check_positive_int
 from .faithfulness import RoadResult, road
 from .randomisation import MapSource, RandomisationResult, _module_name, parameter_randomisation, study_map
@@ -35,11 +35,9 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 def first_items(dataset: Dataset, count: int) -> tuple[Tensor, Tensor, Tensor]:
     """The first ``count`` items of a (image, label, human map) dataset, stacked: (N, 3, H, W), (N,), (N, H, W)."""
     check_positive_int(count=count)
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
-    if not items:
+    if len(dataset) == 0:
         raise ValueError("the dataset is empty: no image to run the sanity checks on")
-    images, labels, human_maps = zip(*items)
-    return torch.stack(images), torch.as_tensor(labels), torch.stack(human_maps)
+    return stack_items(dataset, range(min(count, len(dataset))))
 
 
 @dataclass
