@@ -34,12 +34,15 @@ def fft_size(minimum: int) -> int:
 
 
 def grid_sizes(in_sizes: Sequence[int], kernel_sizes: Sequence[int], pads: Sequence[tuple[int, int]]) -> list[int]:
-    """Per axis, the FFT length that keeps every output free of wrap-around.
+    """Per axis, the FFT length that holds the kernel and every output, free of wrap-around.
 
     Output ``o`` reads input cells ``o - left + k``: those below 0 must land in the zero tail
     (n >= in + left) and the last one read must not wrap (n >= out + kernel - 1 - left = in + right).
     """
-    return [fft_size(size + max(left, right)) for size, (left, right) in zip(in_sizes, pads)]
+    return [
+        fft_size(max(size + max(left, right), size + left + right - k + 1, k))
+        for size, k, (left, right) in zip(in_sizes, kernel_sizes, pads)
+    ]
 
 
 class DepthwiseFFTConv(torch.autograd.Function):

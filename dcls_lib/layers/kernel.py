@@ -19,6 +19,7 @@ never holds denormal floats (``flush_denormals_``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -181,6 +182,13 @@ def flush_denormals_(kernel: Tensor) -> Tensor:
     return kernel.masked_fill_(kernel.abs() < torch.finfo(kernel.dtype).tiny, 0)
 
 
+def _autocast_off(device_type: str):
+    """Build in the parameters' dtype; devices without autocast (``meta``) need nothing."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _builder(interp: Interpolation):
     return Corners if interp.corners is not None else DenseProfiles
 
@@ -200,7 +208,7 @@ class DclsKernel(torch.autograd.Function):
         ctx.save_for_backward(weight, P, SIG)
         ctx.sizes, ctx.version = sizes, version
         rows, taps = weight.shape
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with _autocast_off(weight.device.type):
             parts = _chunks(builder, rows, sizes, taps)
             if len(parts) == 1:
                 return flush_denormals_(builder.forward(interp, sizes, weight, P, SIG))
@@ -219,7 +227,7 @@ class DclsKernel(torch.autograd.Function):
         rows, taps = weight.shape
         grad_weight, grad_P = torch.empty_like(weight), torch.empty_like(P)
         grad_SIG = None if SIG is None else torch.empty_like(SIG)
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with _autocast_off(weight.device.type):
             for sl in _chunks(builder, rows, ctx.sizes, taps):
                 sig = None if SIG is None else SIG[:, sl]
                 gw, gp, gs = builder.backward(interp, ctx.sizes, weight[sl], P[:, sl], sig, grad_kernel[sl])
