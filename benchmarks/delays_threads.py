@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from bench_common import machine_line
 from dcls_lib.snn.model import readout_loss
 from dcls_lib.snn.train import build_model, delay_param_groups, delay_task_data, profile_config
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
+    print(machine_line())
 
     config = profile_config("cpu")
     data = delay_task_data(config)
