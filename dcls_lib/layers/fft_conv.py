@@ -76,7 +76,8 @@ class DepthwiseFFTConv(torch.autograd.Function):
         grad_spectrum = grad_spectrum.view(batch, channels, multiplier, *grad_spectrum.shape[2:])
         grad_input = grad_kernel = None
         if ctx.needs_input_grad[0]:
-            summed = (grad_spectrum * k_spectrum).sum(2)  # (N, C, *F)
+            product = grad_spectrum * k_spectrum  # (N, C, m, *F)
+            summed = product.sum(2) if multiplier > 1 else product.squeeze(2)  # (N, C, *F)
             grad_input = torch.fft.irfftn(summed, s=grid, dim=dims)[(..., *(slice(0, s) for s in in_sizes))]
         if ctx.needs_input_grad[1]:
             correlation = torch.fft.irfftn((spectrum * grad_spectrum.conj()).sum(0), s=grid, dim=dims)
