@@ -1,6 +1,8 @@
 """DCLS layers: convolutions with learnable tap positions, in 1-D, 2-D and 3-D."""
 
+from .convolve import convolve
 from .dcls import Dcls1d, Dcls2d, Dcls3d, DclsNd, position_limits
+from .fast_conv import FastConv1d, FastConv2d, FastConv3d
 from .interpolation import ALIASES, INTERPOLATIONS, get_interpolation, profile
 from .kernel import construct_kernel
 from .reference import from_reference_state_dict, reference_axis_order
@@ -12,7 +14,11 @@ __all__ = [
     "Dcls2d",
     "Dcls3d",
     "DclsNd",
+    "FastConv1d",
+    "FastConv2d",
+    "FastConv3d",
     "construct_kernel",
+    "convolve",
     "from_reference_state_dict",
     "get_interpolation",
     "position_limits",
