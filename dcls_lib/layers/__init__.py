@@ -1,6 +1,5 @@
 """DCLS layers: convolutions with learnable tap positions, in 1-D, 2-D and 3-D."""
 
-from .convolve import convolve
 from .dcls import Dcls1d, Dcls2d, Dcls3d, DclsNd, position_limits
 from .fast_conv import FastConv1d, FastConv2d, FastConv3d
 from .interpolation import ALIASES, INTERPOLATIONS, get_interpolation, profile
@@ -18,7 +17,6 @@ __all__ = [
     "FastConv2d",
     "FastConv3d",
     "construct_kernel",
-    "convolve",
     "from_reference_state_dict",
     "get_interpolation",
     "position_limits",
