@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS),
-                        help="memory formats to try (torch 2.14.1 on CPU aborts with heap corruption in "
-                             "fastvit_sa24_dcls's channels-last backward, with or without this library's fast paths)")
+                        help="memory formats to try (torch 2.14.1 on CPU aborts with heap corruption in a channels-last "
+                             "training step of fastvit_sa24, timm's own model as well as the DCLS one)")
     args = parser.parse_args()
     formats = {name: FORMATS[name] for name in args.formats}
     device = torch.device(args.device)
