@@ -15,6 +15,7 @@ import statistics
 
 import torch
 
+from bench_common import machine_line
 from dcls_lib.snn.model import readout_loss
 from dcls_lib.measure import timed
 from dcls_lib.recipe import param_groups
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
+    print(machine_line())
 
     config = delay_profile_config("cpu")
     data = delay_task_data(config)

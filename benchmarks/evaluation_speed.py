@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from dcls_lib.data.clickme import ClickMe, write_clickme_shard
 from dcls_lib.evaluate import ExplainerSettings, PixelNormalize, evaluate_alignment
 from dcls_lib.metrics import HUMAN_CEILING
+from bench_common import cpu_description
 from dcls_lib.measure import timed
 from dcls_lib.runtime import run_label
 
@@ -182,6 +183,7 @@ def main() -> None:
             rates["forward pass alone"].append(speed)
 
     print(run_label(device, data=f"{args.images} synthetic ClickMe-format images at 224, {args.model} (random weights)"))
+    print(cpu_description())
     print(f"model {args.model}, target {layer_name}, batch {args.batch_size} (baseline 4), amp {args.amp}, "
           f"workers {workers}, rounds {args.rounds}, threads {torch.get_num_threads()}")
     medians = {name: statistics.median(values) for name, values in rates.items() if values}

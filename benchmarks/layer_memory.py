@@ -97,9 +97,9 @@ def main() -> None:
         args.impl = args.child
         return child(args)
 
-    from dcls_lib.runtime import run_label
+    from bench_common import machine_line
 
-    print(f"# DCLS layer memory. {run_label(args.device, profile='benchmark')}\n")
+    print(f"# DCLS layer memory. {machine_line(args.device)}\n")
     print("## 1. Saved for backward by kernel construction: depthwise C=96, 17x17, 34 taps (float32)\n")
     print("| version | dense kernel | ours: beyond parameters | ours: incl. parameters | reference | reference / ours (incl.) | ours (incl.) / kernel |")
     print("|---|---|---|---|---|---|---|")

@@ -1,9 +1,10 @@
 """Speed of a DCLS layer: forward+backward against nn.Conv2d and the reference library (dcls 0.1.1).
 
-The ConvNeXt-dcls depthwise layer: C=96, 17x17, 34 taps, batch 8, 56x56.  The three run in
-interleaved rounds in one process; each round gives a ratio against the plain depthwise 17x17
-nn.Conv2d of the same round, and the medians of those ratios are printed (machines here are
-noisy).  Target on CPU: ours at most 1.05x the plain conv (the reference: 1.2-1.3x).
+The ConvNeXt-dcls depthwise layer: C=96, 17x17, 34 taps, batch 8, 56x56.  They run in interleaved
+rounds in one process; each round gives a ratio against the plain depthwise 17x17 nn.Conv2d of the
+same round, and the medians of those ratios are printed (machines here are noisy).  Also against
+what the baseline model pays: its own 7x7 depthwise nn.Conv2d (and a 3x3, ResNet's size), each in
+its faster memory format.  Target on CPU: ours at most 1.05x the plain 17x17 conv.
 
 Run: python benchmarks/layer_speed.py [--device cuda] [--rounds 15] [--version gauss]
 """
@@ -13,19 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 
 import torch
 
-
-def _timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from bench_common import interleaved, machine_line, median_ratio
 
 
 def main() -> None:
@@ -41,7 +33,6 @@ def main() -> None:
     from DCLS.construct.modules import Dcls2d as ReferenceDcls2d
 
     from dcls_lib import Dcls2d
-    from dcls_lib.runtime import run_label
 
     torch.manual_seed(0)
     C, K, taps = 96, 17, 34
@@ -51,35 +42,38 @@ def main() -> None:
         "reference": ReferenceDcls2d(C, C, taps, dilated_kernel_size=K, padding=K // 2, groups=C,
                                      version=args.version, use_implicit_gemm=False),
     }
-    for layer in layers.values():
+    small = {f"nn.Conv2d {k}x{k} depthwise ({fmt})": (torch.nn.Conv2d(C, C, k, padding=k // 2, groups=C), fmt)
+             for k in (7, 3) for fmt in ("contiguous", "channels-last")}
+    for layer in list(layers.values()) + [m for m, _ in small.values()]:
         layer.to(device)
     x = torch.randn(args.batch, C, 56, 56, device=device, requires_grad=True)
+    x_last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
 
-    def step(layer):
-        layer(x).sum().backward()
+    def step(layer, inp=x):
+        layer(inp).sum().backward()
 
     def build(layer):
         kernel = layer.construct_kernel() if hasattr(layer, "construct_kernel") else layer.DCK(layer.weight, layer.P, layer.SIG)
         kernel.sum().backward()
 
-    for layer in layers.values():  # warm-up: allocator, cuDNN/oneDNN choices, the reference's index cache
-        step(layer)
-    times = {name: [] for name in layers}
-    builds = {"ours": [], "reference": []}
-    for _ in range(args.rounds):
-        for name, layer in layers.items():
-            times[name].append(_timed(lambda: step(layer), device))
-        for name in builds:
-            builds[name].append(_timed(lambda: build(layers[name]), device))
+    fns = {name: (lambda layer=layer: step(layer)) for name, layer in layers.items()}
+    for name, (layer, fmt) in small.items():
+        fns[name] = lambda layer=layer, fmt=fmt: step(layer, x_last if fmt == "channels-last" else x)
+    for name in ("ours", "reference"):
+        fns[f"build {name}"] = lambda name=name: build(layers[name])
+    # warm-up inside: allocator, cuDNN/oneDNN choices, the reference's index cache
+    times = interleaved(fns, args.rounds, device)
 
     base = times["nn.Conv2d 17x17 depthwise"]
     print(f"# DCLS layer speed, forward+backward, {args.version}, {args.batch}x{C}x56x56, {K}x{K}, {taps} taps")
-    print(f"{run_label(device, profile='benchmark')}; {args.rounds} interleaved rounds, medians\n")
-    print("| layer | median time | median ratio to nn.Conv2d (paired per round) |")
-    print("|---|---|---|")
-    for name, ts in times.items():
-        ratio = statistics.median(t / b for t, b in zip(ts, base))
-        print(f"| {name} | {statistics.median(ts) * 1e3:.1f} ms | {ratio:.3f}x |")
+    print(f"{machine_line(device)}; {args.rounds} interleaved rounds, medians\n")
+    print("| layer | median time | median ratio to nn.Conv2d 17x17 (paired per round) | ours / this |")
+    print("|---|---|---|---|")
+    for name in list(layers) + list(small):
+        ts = times[name]
+        print(f"| {name} | {statistics.median(ts) * 1e3:.1f} ms | {median_ratio(ts, base):.3f}x "
+              f"| {median_ratio(times['ours'], ts):.2f}x |")
+    builds = {name: times[f"build {name}"] for name in ("ours", "reference")}
     print("\n| kernel construction alone (forward+backward) | median time |")
     print("|---|---|")
     for name, ts in builds.items():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dcls_lib.data.synthclick import SPANS, SynthClick
+from bench_common import cpu_description
 from dcls_lib.runtime import run_label
 
 
@@ -108,6 +109,7 @@ def main() -> None:
     report = {
         "what": "tiny CNN (theoretical RF 49 px) trained briefly on SynthClick, validation accuracy per span",
         "label": run_label(data=f"SynthClick {args.image_size}px, {args.train} train / {args.val} val images"),
+        "cpu": cpu_description(),
         "settings": vars(args),
         "epochs": epochs,
         "steps": steps,

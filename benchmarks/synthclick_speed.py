@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from dcls_lib.data.synthclick import SynthClick
+from bench_common import cpu_description
 from dcls_lib.measure import timed
 from dcls_lib.runtime import run_label
 
@@ -83,7 +84,7 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]))
     label = run_label(data=f"SynthClick train split, {args.items} items per size")
-    print(json.dumps({"label": label, "rows": rows}, indent=1))
+    print(json.dumps({"label": label, "cpu": cpu_description(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

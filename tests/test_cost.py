@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import dcls_lib.layers.convolve as convolve_module
 from dcls_lib import Dcls2d
 from dcls_lib.chapters.cost import cost_rows, forward_backward, trainable_parameter_count
 from dcls_lib.measure import median_time, peak_cuda_memory, saved_for_backward_bytes, timed
@@ -30,10 +31,16 @@ def test_saved_for_backward_counts_intermediate_tensors_once():
     assert saved_for_backward_bytes(lambda: y * y) == 50 * 4  # counted once although saved twice
 
 
-def test_saved_for_backward_of_a_dcls_layer_is_its_dense_kernel():
-    """The kernel is rebuilt in backward: only the dense kernel that the convolution needs is kept."""
+def test_saved_for_backward_of_a_dcls_layer_is_its_dense_kernel(monkeypatch):
+    """The kernel is rebuilt in backward: only the dense kernel that the convolution needs is kept.
+
+    On the CPU's FFT path (depthwise, 13x13 and larger) the convolution keeps the spectra of the input
+    and the kernel instead (grid 20 + 6 -> 27 cells per axis, 27 // 2 + 1 = 14 frequencies).
+    """
     layer = Dcls2d(16, 16, 10, dilated_kernel_size=13, padding="same", groups=16)
     x = torch.randn(2, 16, 20, 20)
+    assert saved_for_backward_bytes(lambda: layer(x), [x, *layer.parameters()]) == (2 + 1) * 16 * 27 * 14 * 8
+    monkeypatch.setattr(convolve_module, "FFT_MIN_CELLS", 14 * 14)
     assert saved_for_backward_bytes(lambda: layer(x), [x, *layer.parameters()]) == 16 * 1 * 13 * 13 * 4
     dense = nn.Conv2d(16, 16, 13, padding="same", groups=16)
     assert saved_for_backward_bytes(lambda: dense(x), [x, *dense.parameters()]) == 0

@@ -2,8 +2,13 @@
 
 A drop-in for the reference library's modules (same arguments, parameter names, shapes and
 initialisation), with one axis convention everywhere: ``P[d]`` is a tap's offset from the kernel
-centre along spatial axis ``d`` (for 2-D: rows, then columns).  The kernel is built densely and fed
-to a plain ``F.convNd`` with dilation 1, as the reference does.
+centre along spatial axis ``d`` (for 2-D: rows, then columns).  The kernel is built densely, as the
+reference does, and applied by ``convolve``: ``F.convNd`` with dilation 1, or an exact faster method
+where one was measured to be faster (FFT for large depthwise kernels on the CPU).
+
+Non-finite positions or widths raise a ValueError where parameters change: at construction, in
+``load_state_dict`` and in ``clamp_parameters`` (which training calls after every optimiser step),
+never in ``forward``, which stays free of device synchronisation (CUDA graphs, the ``meta`` device).
 """
 
 from __future__ import annotations
@@ -12,16 +17,16 @@ import math
 from typing import Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from .convolve import convolve_padded
+from .fast_conv import FastConv1d, FastConv2d, FastConv3d
 from .interpolation import get_interpolation
 from .kernel import construct_kernel
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_DENSE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_DENSE = {1: FastConv1d, 2: FastConv2d, 3: FastConv3d}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
@@ -105,6 +110,7 @@ class DclsNd(nn.Module):
             self.register_parameter("SIG", None)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
+        self.register_load_state_dict_post_hook(lambda module, _: module._check_parameters())
 
     def _check_padding(self, padding):
         if isinstance(padding, str):
@@ -146,6 +152,15 @@ class DclsNd(nn.Module):
         """Keep every tap on the kernel grid; call after each optimiser step, as the reference does."""
         for d, size in enumerate(self.dilated_kernel_size):
             self.P[d].clamp_(*position_limits(size))
+        self._check_parameters()
+
+    @torch.no_grad()
+    def _check_parameters(self) -> None:
+        """Raise if a position or width is NaN or inf (one device synchronisation; not on ``meta``)."""
+        for pname in ("P", "SIG"):
+            param = getattr(self, pname)
+            if param is not None and param.device.type != "meta" and not bool(torch.isfinite(param).all()):
+                raise ValueError(f"{type(self).__name__}: parameter {pname} has non-finite values (NaN or inf)")
 
     def construct_kernel(self) -> Tensor:
         """The dense kernel ``(out, in/groups, *dilated_kernel_size)``, differentiable in every parameter."""
@@ -159,19 +174,11 @@ class DclsNd(nn.Module):
                 f"{name} expects input of shape (N, C, {_SPATIAL[nd]}) or (C, {_SPATIAL[nd]}) with "
                 f"C = in_channels = {self.in_channels}; got shape {tuple(input.shape)}"
             )
-        if torch.compiler.is_compiling():
-            return
-        for pname in ("P", "SIG"):
-            param = getattr(self, pname)
-            if param is not None and not bool(torch.isfinite(param).all()):
-                raise ValueError(f"{name}: parameter {pname} has non-finite values (NaN or inf)")
 
     def _conv(self, input: Tensor, kernel: Tensor) -> Tensor:
-        conv = _CONVS[self.ndim]
-        if self.padding_mode != "zeros":
-            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv(padded, kernel, self.bias, self.stride, 0, 1, self.groups)
-        return conv(input, kernel, self.bias, self.stride, self.padding, 1, self.groups)
+        return convolve_padded(
+            input, kernel, self.bias, self.stride, self._reversed_padding_repeated_twice, self.padding_mode, self.groups
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
@@ -179,7 +186,11 @@ class DclsNd(nn.Module):
 
     @torch.no_grad()
     def to_dense(self) -> nn.Module:
-        """An equivalent plain ``nn.ConvNd`` (same outputs), for inference and export."""
+        """An equivalent ``nn.ConvNd`` (same outputs), for inference and export.
+
+        A ``FastConv1d/2d/3d``: an ``nn.ConvNd`` that applies its kernel as this layer does, so it runs
+        as fast (TorchScript gets a plain ``nn.ConvNd``).
+        """
         dense = _DENSE[self.ndim](
             self.in_channels,
             self.out_channels,

@@ -13,11 +13,13 @@ builders use that separability:
 
 ``DclsKernel`` is a custom autograd function: it saves only its inputs (the layer's parameters) and
 recomputes what it needs in backward, so building a kernel keeps no extra memory for backward.  Large
-layers are processed in chunks of filters so that transient memory stays bounded too.
+layers are processed in chunks of filters so that transient memory stays bounded too.  The kernel
+never holds denormal floats (``flush_denormals_``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
@@ -169,6 +171,24 @@ class Corners:
         return grad_weight, grad_P, None
 
 
+def flush_denormals_(kernel: Tensor) -> Tensor:
+    """Set cells below the dtype's smallest normal number to exactly 0, in place.
+
+    A Gaussian's tails reach denormal floats (2,794 of the 27,744 cells of a C=96, 17x17, 34-tap
+    kernel in float32), and CPUs compute on denormals many times slower: a convolution with such a
+    kernel ran 1.5x slower on an Intel Xeon.  The change is below any float tolerance, and gradients
+    do not see it: backward recomputes from the parameters.
+    """
+    return kernel.masked_fill_(kernel.abs() < torch.finfo(kernel.dtype).tiny, 0)
+
+
+def _autocast_off(device_type: str):
+    """Build in the parameters' dtype; devices without autocast (``meta``) need nothing."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _builder(interp: Interpolation):
     return Corners if interp.corners is not None else DenseProfiles
 
@@ -188,15 +208,15 @@ class DclsKernel(torch.autograd.Function):
         ctx.save_for_backward(weight, P, SIG)
         ctx.sizes, ctx.version = sizes, version
         rows, taps = weight.shape
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with _autocast_off(weight.device.type):
             parts = _chunks(builder, rows, sizes, taps)
             if len(parts) == 1:
-                return builder.forward(interp, sizes, weight, P, SIG)
+                return flush_denormals_(builder.forward(interp, sizes, weight, P, SIG))
             out = weight.new_empty(rows, *sizes)
             for sl in parts:
                 sig = None if SIG is None else SIG[:, sl]
                 out[sl] = builder.forward(interp, sizes, weight[sl], P[:, sl], sig)
-            return out
+            return flush_denormals_(out)
 
     @staticmethod
     def backward(ctx, grad_kernel):
@@ -207,7 +227,7 @@ class DclsKernel(torch.autograd.Function):
         rows, taps = weight.shape
         grad_weight, grad_P = torch.empty_like(weight), torch.empty_like(P)
         grad_SIG = None if SIG is None else torch.empty_like(SIG)
-        with torch.autocast(device_type=weight.device.type, enabled=False):
+        with _autocast_off(weight.device.type):
             for sl in _chunks(builder, rows, ctx.sizes, taps):
                 sig = None if SIG is None else SIG[:, sl]
                 gw, gp, gs = builder.backward(interp, ctx.sizes, weight[sl], P[:, sl], sig, grad_kernel[sl])
