@@ -79,6 +79,17 @@ def load_image(source, size: int) -> Tensor:
                          align_corners=False)[0].clamp(0, 1)
 
 
+def one_per_class(test, classes: Optional[int] = None) -> list[int]:
+    """The first test image of each class present in ``test`` (in class order), of the first
+    ``classes`` classes found when given."""
+    first: dict[int, int] = {}
+    for index in range(len(test)):
+        label = int(test.label_of(index) if hasattr(test, "label_of") else test[index][1])
+        first.setdefault(label, index)
+    picked = [first[c] for c in sorted(first)]
+    return picked if classes is None else picked[:classes]
+
+
 def method_title(method: str, threshold_text: Optional[str]) -> str:
     """'Grad-CAM' or 'Threshold-Grad-CAM (t = 0.30)', with the threshold printed as the slider prints it."""
     name = METHOD_NAMES[method]

@@ -3,15 +3,15 @@ the randomisation curves as a figure, the reports as one table, and what each ch
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor, nn
 
-from ..cam import DEFAULT_THRESHOLD
+from ..cam import DEFAULT_THRESHOLD, EXPLAINERS
 from ..models import cam_target
-from ..sanity import SanityReport, sanity_report, spread_text
+from ..sanity import PERCENTILES, SanityReport, sanity_report, spread_text
 from ..sanity.randomisation import explainer_label
 
 MODE_STYLES = {"cascading": "-", "independent": ":"}
@@ -19,6 +19,7 @@ MODE_STYLES = {"cascading": "-", "independent": ":"}
 
 def study_sanity(models: Mapping[str, nn.Module], images: Tensor, labels: Tensor, human: Tensor,
                  preprocess: Optional[Callable[[Tensor], Tensor]] = None, road_images: int = 16,
+                 road_percentiles: Sequence[float] = PERCENTILES,
                  threshold: float = DEFAULT_THRESHOLD) -> dict[str, SanityReport]:
     """The sanity report of every model (name -> model) on the same images, at its study target layer."""
     reports = {}
@@ -26,7 +27,7 @@ def study_sanity(models: Mapping[str, nn.Module], images: Tensor, labels: Tensor
         target = cam_target(model)
         reports[name] = sanity_report(model, target.layer, images, labels, human, preprocess=preprocess,
                                       reshape_transform=target.reshape_transform, road_images=road_images,
-                                      threshold=threshold)
+                                      road_percentiles=road_percentiles, threshold=threshold)
     return reports
 
 
@@ -43,7 +44,10 @@ def plot_randomisation(reports: Mapping[str, SanityReport]) -> plt.Figure:
                 if not rows:
                     continue
                 steps = [r["step"] for r in rows]
-                ax.plot(steps, [r["mean"] for r in rows], style, color=f"C{k}", marker="o", markersize=3,
+                reference = explainer not in EXPLAINERS  # drawn wide and pale: other lines may lie on it
+                ax.plot(steps, [r["mean"] for r in rows], style, color=f"C{k}",
+                        marker="o" if mode == "cascading" else None, markersize=3,
+                        linewidth=4 - k if reference else 1.3, alpha=0.45 if reference or mode != "cascading" else 1,
                         label=explainer_label(explainer, report.threshold) if mode == "cascading" else None)
                 if mode == "cascading":
                     ax.fill_between(steps, [r["ci low"] for r in rows], [r["ci high"] for r in rows],

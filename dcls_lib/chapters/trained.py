@@ -43,3 +43,11 @@ def study_maps(models: Mapping[tuple, nn.Module], images: Tensor, labels: Tensor
     maps = {key: {m: t.maps(m, threshold, size) for m in EXPLAINERS} for key, t in tensors.items()}
     rho = {key: {m: spearman(v, human) for m, v in per.items()} for key, per in maps.items()}
     return StudyMaps(tensors, maps, rho)
+
+
+def model_rows(results: StudyResults, seed: int = 0) -> list[dict]:
+    """One row per model of ``seed``: its test accuracy and both alignment scores from the study."""
+    return [{"model": f"{r['family']} {r['variant']}", "test accuracy (%)": f"{100 * r['test_acc']:.1f}",
+             "Grad-CAM alignment (%)": f"{100 * r['gradcam']:.1f}",
+             "Threshold-Grad-CAM alignment (%)": f"{100 * r['threshold-gradcam']:.1f}"}
+            for r in results.rows if r["seed"] == seed]
