@@ -168,7 +168,7 @@ class HeatmapExplorer:
         if method not in EXPLAINERS:
             raise ValueError(f"method must be one of {EXPLAINERS}, got {method!r}")
         threshold = _check_threshold(threshold)
-        text = threshold_text or f"{threshold:.2f}"
+        text = threshold_text or threshold_labels([threshold])[0]
         panels = {}
         for (f, variant) in self.models:
             if f != family:
@@ -235,7 +235,7 @@ class HeatmapExplorer:
                 rows["trained"][variant] = (mine, f"{variant}\n{score_text(e.rho(mine))}")
                 rows["randomised"][variant] = (theirs, f"{score_text(e.rho(theirs))}, "
                                                        f"vs trained {score_text(same).removeprefix('ρ = ')}")
-            title = f"{e.title}: {method_title(method, f'{threshold:.2f}')}"
+            title = f"{e.title}: {method_title(method, threshold_labels([threshold])[0])}"
             frames[(k, *((fi,) if len(self.families) > 1 else ()), mi)] = overlay_frame(e.image, e.human_map, rows, title)
         panel = Panel([c.name for c in controls], frames)
         note = f"{len(set(frames.values()))} precomputed frames, {page_weight_kb(frames):.0f} KB in the page."
@@ -302,8 +302,9 @@ class LiveExplorer:
     def _redraw(self) -> None:
         if self.explained is not None:
             c = self.controls
-            self.right.value = self.explorer.frame(self.explained, c["family"].value, c["method"].value,
-                                                   c["threshold"].value)
+            t = c["threshold"].value
+            self.right.value = self.explorer.frame(self.explained, c["family"].value, c["method"].value, t,
+                                                   f"{t:.2f}")  # as the slider's readout prints it
 
     def show(self, image, title: str = "your image") -> None:
         """Explain ``image`` (a file path, an (H, W, 3) array or a (3, H, W) tensor in [0, 1]) with every model."""

@@ -8,6 +8,7 @@ contour in white: where the model looks against where the evidence is.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
@@ -21,6 +22,7 @@ MAP_CMAP = "jet"
 MAP_ALPHA = 0.5
 HUMAN_CONTOUR = {"levels": [0.5], "colors": "white", "linewidths": 1.3}
 PANEL_INCHES = 2.6  # one overlay in an explorer frame: 187 px at the frames' 72 dpi
+FRAME_FONT = 11  # titles in explorer frames, which the page shows at their own size
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -36,7 +38,7 @@ def score_text(rho: float) -> str:
 
 
 def show_overlay(ax: plt.Axes, image: Tensor, heatmap: Optional[Tensor] = None,
-                 human_map: Optional[Tensor] = None, title: Optional[str] = None) -> None:
+                 human_map: Optional[Tensor] = None, title: Optional[str] = None, fontsize: float = 9) -> None:
     """``image`` with ``heatmap`` over it as a translucent colour layer on the map's own scale,
     and ``human_map``'s half-maximum contour; either may be left out."""
     picture = _hwc(image)
@@ -55,7 +57,7 @@ def show_overlay(ax: plt.Axes, image: Tensor, heatmap: Optional[Tensor] = None,
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=fontsize)
 
 
 def plot_heatmap_grid(
@@ -130,9 +132,9 @@ def image_frame(image: Tensor, human_map: Optional[Tensor], title: str = "", dpi
     without a human map (one the reader loaded) is drawn alone."""
     count = 1 if human_map is None else 2
     fig, axes = plt.subplots(1, count, figsize=(PANEL_INCHES * count, PANEL_INCHES + 0.35), squeeze=False)
-    show_overlay(axes[0, 0], image, title=title or "image")
+    show_overlay(axes[0, 0], image, title=textwrap.fill(title or "image", 28), fontsize=FRAME_FONT)
     if human_map is not None:
-        show_overlay(axes[0, 1], image, human_map, title="human map (white: half maximum)")
+        show_overlay(axes[0, 1], image, human_map, title="human map", fontsize=FRAME_FONT)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi, colors=128, close=True)
 
@@ -154,10 +156,10 @@ def overlay_frame(image: Tensor, human_map: Optional[Tensor], panels: Mapping[st
                 ax.set_visible(False)
                 continue
             heatmap, text = panels[row][column]
-            show_overlay(ax, image, heatmap, human_map, text)
+            show_overlay(ax, image, heatmap, human_map, text, fontsize=FRAME_FONT)
         if len(rows) > 1:
-            axes[r, 0].set_ylabel(row, fontsize=10)
+            axes[r, 0].set_ylabel(row, fontsize=FRAME_FONT + 1)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=FRAME_FONT + 1)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi, colors=64, close=True)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..cam import DEFAULT_THRESHOLD, EXPLAINERS
 from ..models import cam_target
-from ..sanity import PERCENTILES, SanityReport, sanity_report, spread_text
+from ..sanity import PERCENTILES, SanityReport, sanity_report
 from ..sanity.randomisation import explainer_label
 
 MODE_STYLES = {"cascading": "-", "independent": ":"}
@@ -35,8 +35,12 @@ def plot_randomisation(reports: Mapping[str, SanityReport]) -> plt.Figure:
     """Spearman between the trained and the randomised model's maps against the layers randomised
     (top first), one panel per model, one colour per map; solid: cascading (the k top layers),
     dotted: independent (layer k alone); bands: 95% bootstrap intervals of the cascading mean."""
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 3.8), squeeze=False, sharey=True)
-    for ax, (name, report) in zip(axes[0], reports.items()):
+    columns = min(2, len(reports))
+    rows = -(-len(reports) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(reports):]:
+        ax.set_visible(False)
+    for ax, (name, report) in zip(axes.flat, reports.items()):
         result = report.randomisation
         for k, explainer in enumerate(report.human_spearman):
             for mode, style in MODE_STYLES.items():
@@ -56,18 +60,21 @@ def plot_randomisation(reports: Mapping[str, SanityReport]) -> plt.Figure:
         ax.set_xticks(range(1, len(result.layers) + 1), result.layers, rotation=60, ha="right", fontsize=7)
         ax.set_xlabel("layers randomised, from the top")
         ax.set_title(name, fontsize=10)
-    axes[0, 0].set_ylabel("Spearman (trained, randomised)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Spearman (trained, randomised)")
     axes[0, 0].set_ylim(-0.3, 1.05)
-    axes[0, -1].legend(fontsize=7, loc="lower left")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
 
 
 def sanity_rows(reports: Mapping[str, SanityReport]) -> list[dict]:
     """One row per model and map: alignment, Spearman with the randomised model (top layer, all
-    layers; cascading), ROAD; cells are mean ± std [95% bootstrap interval]."""
+    layers; cascading), ROAD; cells are mean [95% bootstrap interval]."""
     def cell(stats, digits=2):
-        return "n/a" if stats is None else spread_text(stats, digits)
+        if stats is None or np.isnan(stats["mean"]):
+            return "n/a"
+        return f"{stats['mean']:.{digits}f} [{stats['ci low']:.{digits}f}, {stats['ci high']:.{digits}f}]"
 
     return [{"model": name, "map": row["map"], "alignment (%)": f"{100 * row['alignment']:.1f}",
              "Spearman, top layer randomised": cell(row["randomised top layer"]),
