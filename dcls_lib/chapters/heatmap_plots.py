@@ -147,7 +147,7 @@ def overlay_frame(image: Tensor, human_map: Optional[Tensor], panels: Mapping[st
     columns = list(dict.fromkeys(c for row in panels.values() for c in row))
     if not rows or not columns:
         raise ValueError("overlay_frame needs at least one map")
-    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
                              figsize=(PANEL_INCHES * len(columns), (PANEL_INCHES + 0.35) * len(rows) + 0.3 * bool(title)))
     for r, row in enumerate(rows):
         for c, column in enumerate(columns):
@@ -161,5 +161,4 @@ def overlay_frame(image: Tensor, human_map: Optional[Tensor], panels: Mapping[st
             axes[r, 0].set_ylabel(row, fontsize=FRAME_FONT + 1)
     if title:
         fig.suptitle(title, fontsize=FRAME_FONT + 1)
-    fig.tight_layout()
     return figure_png(fig, dpi=dpi, colors=64, close=True)
