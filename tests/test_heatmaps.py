@@ -12,13 +12,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dcls_lib.cam import StudyCAM  # noqa: E402
+from dcls_lib.cam import method_label  # noqa: E402
 from dcls_lib.chapters.heatmap_plots import (  # noqa: E402
     image_frame,
-    map_frame,
-    method_label,
+    overlay_frame,
     plot_heatmap_grid,
     plot_threshold_sweep,
     score_text,
+    threshold_labels,
 )
 from dcls_lib.heatmaps import LayerTensors, cam_diagnostics, channels_last_view, layer_tensors, threshold_sweep  # noqa: E402
 from dcls_lib.metrics import alignment_score, spearman  # noqa: E402
@@ -167,11 +168,32 @@ def test_threshold_sweep_figure():
 
 def test_frames_are_pngs_that_differ_with_their_content():
     image, human = torch.rand(3, 32, 32), torch.rand(32, 32)
-    a = map_frame(torch.rand(32, 32), human, "model", 0.25)
-    b = map_frame(torch.rand(32, 32), human, "model", 0.25)
+    a = overlay_frame(image, human, {"": {"model": (torch.rand(32, 32), "ρ = +0.25")}})
+    b = overlay_frame(image, human, {"": {"model": (torch.rand(32, 32), "ρ = +0.25")}})
     assert a.startswith(PNG_MAGIC) and a != b
     assert image_frame(image, human, "image 1").startswith(PNG_MAGIC)
-    assert map_frame(torch.zeros(32, 32), human, "model", math.nan).startswith(PNG_MAGIC)
+    assert image_frame(image, None, "yours") != image_frame(image, human, "yours")  # no human map: one panel
+    assert overlay_frame(image, None, {"": {"model": (torch.zeros(32, 32), "constant map")}}).startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="cannot be drawn over"):
+        overlay_frame(image, human, {"": {"model": (torch.rand(16, 16), "")}})
+
+
+def test_overlay_draws_the_map_over_the_image_with_the_human_outline():
+    image, human, heatmap = torch.rand(3, 32, 32), torch.zeros(32, 32), torch.rand(32, 32)
+    human[8:24, 8:24] = 1.0
+    fig = plot_heatmap_grid(image[None], human[None], {"m": heatmap[None]}, {"m": [0.5]})
+    ax = fig.axes[2]  # the model's row
+    layers = ax.get_images()
+    assert len(layers) == 2 and layers[1].get_alpha() == pytest.approx(0.5)  # the image, then the map over it
+    assert layers[1].get_array().shape == (32, 32)
+    assert len(ax.collections) >= 1  # the human map's contour
+    plt.close(fig)
+
+
+def test_threshold_labels_have_the_decimals_the_steps_need():
+    assert threshold_labels([0.0, 0.1, 0.3]) == ["0.0", "0.1", "0.3"]
+    labels = threshold_labels([0.0, 0.05, 0.1, 0.15])
+    assert labels == ["0.00", "0.05", "0.10", "0.15"] and len(set(labels)) == 4
 
 
 def test_method_label():
@@ -180,37 +202,3 @@ def test_method_label():
     assert method_label("threshold-gradcam") == "Threshold-Grad-CAM (t = 0.3)"
     with pytest.raises(ValueError, match="explainer"):
         method_label("cam")
-
-
-def test_heatmap_explorer_has_a_frame_for_every_choice():
-    from dcls_lib.chapters.heatmap_plots import heatmap_explorer
-
-    torch.manual_seed(0)
-    n, thresholds = 2, [0.0, 0.3, 0.6]
-    images, human = torch.rand(n, 3, 16, 16), torch.rand(n, 16, 16)
-    maps, rho = {}, {}
-    for model in [("resnet", "baseline"), ("resnet", "dcls")]:
-        for method, t in [("gradcam", None)] + [("threshold-gradcam", t) for t in thresholds]:
-            maps[model, method, t] = torch.rand(n, 16, 16)
-            rho[model, method, t] = spearman(maps[model, method, t], human)
-    box = heatmap_explorer(images, human, ["a", "b"], maps, rho, thresholds, caption="test run")
-    assert list(box.controls) == ["image", "variant", "method", "threshold"], "one family: no family control"
-    assert box.controls["threshold"].index == 1 and box.controls["method"].index == 1
-    # the image, and per image and model one Grad-CAM frame and one per threshold
-    distinct = {child.value for child in _images(box)}
-    assert len(distinct) == n + n * 2 * (1 + len(thresholds))
-    assert "test run" in box.children[-1].value
-
-    del maps[("resnet", "dcls"), "threshold-gradcam", 0.6]
-    with pytest.raises(ValueError, match="combinations"):
-        heatmap_explorer(images, human, ["a", "b"], maps, rho, thresholds)
-    with pytest.raises(ValueError, match="titles"):
-        heatmap_explorer(images, human, ["a"], maps, rho, thresholds)
-
-
-def _images(widget):
-    import ipywidgets as w
-
-    if isinstance(widget, w.Image):
-        return [widget]
-    return [image for child in getattr(widget, "children", ()) for image in _images(child)]

@@ -1,21 +1,28 @@
-"""The figures and explorer frames that put a model's map beside the image and the human map
-(chapters 5 to 7); the maps themselves come from :mod:`dcls_lib.heatmaps`."""
+"""The figures and explorer frames that draw a model's map over its image, with the human map's
+outline (chapters 5 to 7); the maps themselves come from :mod:`dcls_lib.heatmaps`.
+
+Every map is drawn as grad-cam's usual overlay: the image, dimmed, under the map as a translucent
+colour layer on the map's own scale (its minimum to its maximum), and the human map's half-maximum
+contour in white: where the model looks against where the evidence is.
+"""
 
 from __future__ import annotations
 
-from itertools import product
+import textwrap
 from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from torch import Tensor
 
-from ..cam import DEFAULT_THRESHOLD, METHOD_NAMES, method_label
+from ..cam import DEFAULT_THRESHOLD, METHOD_NAMES  # noqa: F401 (chapter 6's plots import it from here)
 from .viz import figure_png
-from .widgets import Control, Panel, frame_explorer
 
-MAP_CMAP = "magma"
-HUMAN_CONTOUR = {"levels": [0.5], "colors": "cyan", "linewidths": 0.9}
+MAP_CMAP = "jet"
+MAP_ALPHA = 0.5
+HUMAN_CONTOUR = {"levels": [0.5], "colors": "white", "linewidths": 1.3}
+PANEL_INCHES = 2.6  # one overlay in an explorer frame: 187 px at the frames' 72 dpi
+FRAME_FONT = 11  # titles in explorer frames, which the page shows at their own size
 
 
 def _hwc(image: Tensor) -> np.ndarray:
@@ -30,18 +37,27 @@ def score_text(rho: float) -> str:
     return "constant map" if not np.isfinite(rho) else f"ρ = {rho:+.2f}"
 
 
-def show_map(ax: plt.Axes, heatmap: Tensor, human_map: Optional[Tensor] = None, title: Optional[str] = None) -> None:
-    """A model's map on its own colour scale (its minimum to its maximum), with the human map's
-    half-maximum contour in cyan: where the model looks against where the evidence is."""
-    m = heatmap.detach().float().cpu().numpy()
-    low, high = float(m.min()), float(m.max())
-    ax.imshow(m, cmap=MAP_CMAP, vmin=low, vmax=high if high > low else low + 1, interpolation="nearest")
+def show_overlay(ax: plt.Axes, image: Tensor, heatmap: Optional[Tensor] = None,
+                 human_map: Optional[Tensor] = None, title: Optional[str] = None, fontsize: float = 9) -> None:
+    """``image`` with ``heatmap`` over it as a translucent colour layer on the map's own scale,
+    and ``human_map``'s half-maximum contour; either may be left out."""
+    picture = _hwc(image)
+    if heatmap is not None:
+        m = heatmap.detach().float().cpu().numpy()
+        if m.shape != picture.shape[:2]:
+            raise ValueError(f"a map of shape {m.shape} cannot be drawn over an image of {picture.shape[:2]}")
+        low, high = float(m.min()), float(m.max())
+        ax.imshow(0.35 + 0.65 * picture.mean(axis=2), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(m, cmap=MAP_CMAP, vmin=low, vmax=high if high > low else low + 1, alpha=MAP_ALPHA,
+                  interpolation="nearest")
+    else:
+        ax.imshow(picture, interpolation="nearest")
     if human_map is not None:
         ax.contour(human_map.detach().float().cpu().numpy(), **HUMAN_CONTOUR)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=fontsize)
 
 
 def plot_heatmap_grid(
@@ -50,31 +66,27 @@ def plot_heatmap_grid(
     rows: Mapping[str, Tensor],
     scores: Optional[Mapping[str, Sequence[float]]] = None,
     column_titles: Optional[Sequence[str]] = None,
-    panel_size: float = 1.45,
+    panel_size: float = 2.0,
 ) -> plt.Figure:
-    """Images (top row), human maps, then one row per entry of ``rows`` (name -> maps (N, H, W)),
-    each map titled with its Spearman correlation with the human map (``scores[name][i]``)."""
+    """Images (top row), their human maps, then one row per entry of ``rows`` (name -> maps (N, H, W)),
+    every map drawn over its image with the human map's outline and titled with its Spearman
+    correlation with the human map (``scores[name][i]``)."""
     n = images.shape[0]
     if human_maps.shape[0] != n or any(m.shape[0] != n for m in rows.values()):
         raise ValueError("images, human maps and every row of maps need the same number of images")
     if column_titles is not None and len(column_titles) != n:
         raise ValueError(f"{len(column_titles)} column titles for {n} images")
     count = 2 + len(rows)
-    fig, axes = plt.subplots(count, n, figsize=(panel_size * n + 1.2, panel_size * count), squeeze=False)
+    fig, axes = plt.subplots(count, n, figsize=(panel_size * n + 1.4, (panel_size + 0.1) * count), squeeze=False)
     for i in range(n):
-        axes[0, i].imshow(_hwc(images[i]), interpolation="nearest")
-        if column_titles is not None:
-            axes[0, i].set_title(column_titles[i], fontsize=7)
-        axes[1, i].imshow(human_maps[i].cpu().numpy(), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        show_overlay(axes[0, i], images[i], title=None if column_titles is None else column_titles[i])
+        show_overlay(axes[1, i], images[i], human_maps[i])
         for r, (name, maps) in enumerate(rows.items(), start=2):
             rho = None if scores is None else float(scores[name][i])
-            show_map(axes[r, i], maps[i], human_maps[i], title=None if rho is None else score_text(rho))
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+            show_overlay(axes[r, i], images[i], maps[i], human_maps[i], None if rho is None else score_text(rho))
     for r, name in enumerate(["image", "human map", *rows]):
-        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center", wrap=True)
-    fig.tight_layout(h_pad=0.4, w_pad=0.3)
+        axes[r, 0].set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center", wrap=True)
+    fig.tight_layout(h_pad=0.5, w_pad=0.3)
     return fig
 
 
@@ -107,86 +119,46 @@ def plot_threshold_sweep(
 # --- explorer frames --------------------------------------------------------------------------------
 
 
-def image_frame(image: Tensor, human_map: Tensor, title: str = "", dpi: int = 72) -> bytes:
-    """PNG of an image beside its human map (the explorer's left panel)."""
-    fig, axes = plt.subplots(1, 2, figsize=(4.2, 2.35))
-    axes[0].imshow(_hwc(image), interpolation="nearest")
-    axes[0].set_title(title or "image", fontsize=8)
-    axes[1].imshow(human_map.cpu().numpy(), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    axes[1].contour(human_map.cpu().numpy(), **HUMAN_CONTOUR)
-    axes[1].set_title("human map (cyan: half maximum)", fontsize=8)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+def threshold_labels(thresholds: Sequence[float]) -> list[str]:
+    """Each threshold with as many decimals as the finest of them needs (steps of 0.05: '0.10',
+    '0.15'), at least one: the slider's readout and the frames' titles print the same text."""
+    values = [float(t) for t in thresholds]
+    decimals = next((d for d in range(1, 7) if all(abs(round(t, d) - t) < 1e-9 for t in values)), 6)
+    return [f"{t:.{decimals}f}" for t in values]
+
+
+def image_frame(image: Tensor, human_map: Optional[Tensor], title: str = "", dpi: int = 72) -> bytes:
+    """PNG of an image beside its human map drawn over it (the explorer's left panel); an image
+    without a human map (one the reader loaded) is drawn alone."""
+    count = 1 if human_map is None else 2
+    fig, axes = plt.subplots(1, count, figsize=(PANEL_INCHES * count, PANEL_INCHES + 0.35), squeeze=False)
+    show_overlay(axes[0, 0], image, title=textwrap.fill(title or "image", 28), fontsize=FRAME_FONT)
+    if human_map is not None:
+        show_overlay(axes[0, 1], image, human_map, title="human map", fontsize=FRAME_FONT)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi, colors=128, close=True)
 
 
-def map_frame(heatmap: Tensor, human_map: Tensor, title: str, rho: float, dpi: int = 72) -> bytes:
-    """PNG of a model's map with the human map's contour and its Spearman score (the explorer's right panel)."""
-    fig, ax = plt.subplots(figsize=(2.35, 2.35))
-    show_map(ax, heatmap, human_map, title=f"{title}\n{score_text(rho)}")
-    fig.tight_layout()
+def overlay_frame(image: Tensor, human_map: Optional[Tensor], panels: Mapping[str, Mapping[str, tuple]],
+                  title: str = "", dpi: int = 72) -> bytes:
+    """PNG of maps drawn over ``image``: ``panels[row][column] = (map (H, W), panel title)``, rows
+    labelled on the left when there are several, the human map's outline on every map."""
+    rows = list(panels)
+    columns = list(dict.fromkeys(c for row in panels.values() for c in row))
+    if not rows or not columns:
+        raise ValueError("overlay_frame needs at least one map")
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False, layout="constrained",
+                             figsize=(PANEL_INCHES * len(columns), (PANEL_INCHES + 0.35) * len(rows) + 0.3 * bool(title)))
+    for r, row in enumerate(rows):
+        for c, column in enumerate(columns):
+            ax = axes[r, c]
+            if column not in panels[row]:
+                ax.set_visible(False)
+                continue
+            heatmap, text = panels[row][column]
+            show_overlay(ax, image, heatmap, human_map, text, fontsize=FRAME_FONT)
+        if len(rows) > 1:
+            axes[r, 0].set_ylabel(row, fontsize=FRAME_FONT + 1)
+    if title:
+        fig.suptitle(title, fontsize=FRAME_FONT + 1)
     return figure_png(fig, dpi=dpi, colors=64, close=True)
-
-
-def heatmap_explorer(
-    images: Tensor,
-    human_maps: Tensor,
-    image_titles: Sequence[str],
-    maps: Mapping[tuple, Tensor],
-    scores: Mapping[tuple, Tensor],
-    thresholds: Sequence[float],
-    threshold: float = DEFAULT_THRESHOLD,
-    caption: str = "",
-):
-    """Chapter 7's explorer: controls for the image, the model, the method and the threshold, each
-    switching precomputed frames in the browser (:func:`dcls_lib.chapters.widgets.frame_explorer`).
-
-    ``maps[(family, variant), method, t]`` holds the maps (N, H, W) of ``images`` (t is None for
-    Grad-CAM, one of ``thresholds`` for Threshold-Grad-CAM), ``scores`` the same keys' Spearman
-    correlations (N,).  The family control appears only when there are several families; the slider
-    starts at the threshold nearest ``threshold``.
-    """
-    thresholds = [float(t) for t in thresholds]
-    if not thresholds:
-        raise ValueError("the explorer needs at least one threshold")
-    models = list(dict.fromkeys(key[0] for key in maps))
-    families = list(dict.fromkeys(f for f, _ in models))
-    variants = list(dict.fromkeys(v for _, v in models))
-    n = len(images)
-    if len(image_titles) != n or len(human_maps) != n:
-        raise ValueError(f"{n} images need {n} human maps and titles, got {len(human_maps)} and {len(image_titles)}")
-    pairs = list(product(families, variants))
-    needed = [(m, "gradcam", None) for m in pairs] + [(m, "threshold-gradcam", t) for m in pairs for t in thresholds]
-    missing = [key for key in needed if key not in maps or key not in scores]
-    if missing:
-        raise ValueError(f"no maps or scores for {len(missing)} of the explorer's combinations, e.g. {missing[0]}")
-
-    model_controls = ["family", "variant"] if len(families) > 1 else ["variant"]
-    start = min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - threshold))
-    controls = [Control("image", list(image_titles))]
-    if len(families) > 1:
-        controls.append(Control("family", families))
-    controls += [Control("variant", variants, kind="toggle"),
-                 Control("method", [METHOD_NAMES["gradcam"], METHOD_NAMES["threshold-gradcam"]], kind="toggle", initial=1),
-                 Control("threshold", [f"{t:.1f}" for t in thresholds], kind="slider", initial=start)]
-
-    left = Panel(["image"], {(k,): image_frame(images[k], human_maps[k], image_titles[k]) for k in range(n)})
-    frames = {}
-    for k, (fi, family), (vi, variant) in product(range(n), enumerate(families), enumerate(variants)):
-        model = (family, variant)
-        plain = map_frame(maps[model, "gradcam", None][k], human_maps[k], f"{family} {variant}, {METHOD_NAMES['gradcam']}",
-                          float(scores[model, "gradcam", None][k]))
-        for ti, t in enumerate(thresholds):
-            floored = map_frame(maps[model, "threshold-gradcam", t][k], human_maps[k],
-                                f"{family} {variant}, {method_label('threshold-gradcam', t)}",
-                                float(scores[model, "threshold-gradcam", t][k]))
-            model_index = (fi, vi) if len(families) > 1 else (vi,)
-            frames[(k, *model_index, 0, ti)] = plain  # Grad-CAM has no threshold: the same frame
-            frames[(k, *model_index, 1, ti)] = floored
-    right = Panel(["image", *model_controls, "method", "threshold"], frames)
-    distinct = set(frames.values()) | set(left.frames.values())
-    note = f"{len(distinct)} precomputed frames ({sum(map(len, distinct)) // 1024} KiB)."
-    return frame_explorer(controls, [left, right], caption=f"{note} {caption}".strip())
-

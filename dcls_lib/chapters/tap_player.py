@@ -16,7 +16,7 @@ from torch import Tensor
 from ..layers import get_interpolation
 from .tap_gradient import loss_landscape
 from .viz import figure_png, label_figure, plot_tap_frame
-from .widgets import Control, Panel, frame_explorer
+from .widgets import Control, Panel, frame_explorer, page_weight_kb
 
 # The interpolations chapter 2 explains, by the label of their button.
 INTERPOLATIONS = {
@@ -87,11 +87,6 @@ def tap_frames(
             for j, png in enumerate(pngs):
                 frames[i, j, k] = png
     return frames
-
-
-def page_weight_kb(frames: Mapping[tuple, bytes]) -> float:
-    """What the distinct frames add to a page, in KB: each is stored once, base64-encoded."""
-    return sum(4 * -(-len(png) // 3) for png in set(frames.values())) / 1024
 
 
 def tap_player(

@@ -43,6 +43,11 @@ class Panel:
     frames: Mapping[tuple, bytes]
 
 
+def page_weight_kb(frames: Mapping[tuple, bytes]) -> float:
+    """What the distinct frames add to a page, in KB: each is stored once, base64-encoded."""
+    return sum(4 * -(-len(png) // 3) for png in set(frames.values())) / 1024
+
+
 def frame_explorer(controls: Sequence[Control], panels: Sequence[Panel], caption: Optional[str] = None):
     """Several controls that switch precomputed PNG frames in the browser, in Jupyter and in the
     static book alike (no kernel needed).

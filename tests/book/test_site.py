@@ -145,46 +145,74 @@ def _click_option(page, selector: str, text: str) -> None:
     page.settle(0.5)
 
 
+# The widget outputs of a page that show pictures, in order (chapter 7: the explorer, then the
+# randomisation view; the live explorer's output is removed from the static page).
+EXPLORERS = "Array.from(document.querySelectorAll('.cell_output')).filter(o => o.querySelector('.widget-image'))"
+
+
+def _in_explorer(page, k: int, expression: str):
+    """Evaluate ``expression`` (JavaScript using ``box``) on the k-th picture-showing widget output."""
+    return page.evaluate(f"(() => {{ const box = {EXPLORERS}[{k}]; return {expression}; }})()")
+
+
+def _shown(page, k: int) -> list[str]:
+    return _in_explorer(page, k, "Array.from(box.querySelectorAll('.widget-image'))"
+                                 ".filter(e => e.offsetParent !== null).map(e => e.src)")
+
+
+def _press_in(page, k: int, text: str) -> None:
+    assert _in_explorer(page, k, f"""(() => {{
+      const b = Array.from(box.querySelectorAll('.widget-toggle-buttons button')).find(b => b.textContent.trim() === {text!r});
+      if (!b) return false; b.click(); return true; }})()"""), f"no button {text!r} in explorer {k}"
+    page.settle(0.5)
+
+
 def test_heatmap_explorer_switches_frames_in_the_static_page(site):
-    """Chapter 7: dropdown, toggle buttons and slider switch precomputed frames without a kernel."""
+    """Chapter 7: the image dropdown, the method buttons and the threshold slider switch precomputed
+    frames without a kernel; the variants share one picture; the randomisation view switches too."""
     page = _load(site, "notebooks/07_explorer")
-    assert page.evaluate("document.querySelectorAll('.widget-dropdown select').length") >= 1
-    assert page.evaluate("document.querySelectorAll('.widget-toggle-buttons').length") >= 2  # variant, method
-    assert page.evaluate("document.querySelectorAll('.widget-slider').length") >= 1
-    page.evaluate("document.querySelector('.widget-dropdown').scrollIntoView({block: 'start'})")
-    start = page.evaluate(VISIBLE_FRAME)
-    assert len(start.split()) == 2, f"the explorer should show two pictures, shows {start!r}"
+    assert page.evaluate(f"{EXPLORERS}.length") == 2, "the explorer and the randomisation view"
+    assert _in_explorer(page, 0, "box.querySelectorAll('.widget-dropdown select').length") == 1
+    assert _in_explorer(page, 0, "box.querySelectorAll('.widget-slider').length") == 1
+    assert _in_explorer(page, 0, "box.querySelector('.widget-dropdown select').options.length") >= 4
+    _in_explorer(page, 0, "box.scrollIntoView({block: 'start'})")
+    start = _shown(page, 0)
+    assert len(start) == 2, f"the explorer should show two pictures (image, variants), shows {start!r}"
 
     # another image: both pictures change
-    page.evaluate("""(() => { const s = document.querySelector('.widget-dropdown select');
+    _in_explorer(page, 0, """(() => { const s = box.querySelector('.widget-dropdown select');
       s.selectedIndex = 1; s.dispatchEvent(new Event('change', {bubbles: true})); })()""")
     page.settle(0.5)
-    other_image = page.evaluate(VISIBLE_FRAME)
-    assert len(other_image.split()) == 2 and not set(other_image.split()) & set(start.split())
+    other_image = _shown(page, 0)
+    assert len(other_image) == 2 and not set(other_image) & set(start)
 
-    # another variant, then Grad-CAM: the model's picture changes, the image stays
-    for selector, label in [(".widget-toggle-buttons", "dilated"), (".widget-toggle-buttons", "Grad-CAM")]:
-        before = page.evaluate(VISIBLE_FRAME).split()
-        _click_option(page, selector, label)
-        after = page.evaluate(VISIBLE_FRAME).split()
-        assert after[0] == before[0] and after[1] != before[1], f"choosing {label!r} did not switch the map"
-
-    # the threshold slider moves Threshold-Grad-CAM's map, not Grad-CAM's (which has no threshold)
-    assert page.evaluate("(() => { const h = document.querySelector('.widget-slider .noUi-handle'); h.focus(); "
-                         "return document.activeElement === h; })()")
-    gradcam = page.evaluate(VISIBLE_FRAME)
+    # Grad-CAM: the variants' picture changes, the image stays; its threshold does nothing
+    _press_in(page, 0, "Grad-CAM")
+    gradcam = _shown(page, 0)
+    assert gradcam[0] == other_image[0] and gradcam[1] != other_image[1]
+    readout = _in_explorer(page, 0, "box.querySelector('.widget-readout').textContent.trim()")
+    assert re.fullmatch(r"\d\.\d+", readout), f"threshold readout {readout!r}"
+    assert _in_explorer(page, 0, "(() => { const h = box.querySelector('.widget-slider .noUi-handle'); "
+                                 "h.focus(); return document.activeElement === h; })()")
     page.press("ArrowRight", "ArrowRight", 39)
     page.settle(0.5)
-    assert page.evaluate(VISIBLE_FRAME) == gradcam
-    _click_option(page, ".widget-toggle-buttons", "Threshold-Grad-CAM")
-    before = page.evaluate(VISIBLE_FRAME)
-    page.evaluate("document.querySelector('.widget-slider .noUi-handle').focus()")
+    assert _shown(page, 0) == gradcam
+    # Threshold-Grad-CAM: the slider switches the variants' picture
+    _press_in(page, 0, "Threshold-Grad-CAM")
+    before = _shown(page, 0)
+    _in_explorer(page, 0, "box.querySelector('.widget-slider .noUi-handle').focus()")
     page.press("ArrowLeft", "ArrowLeft", 37)
     page.settle(0.5)
-    after = page.evaluate(VISIBLE_FRAME)
-    assert after.split()[0] == before.split()[0] and after != before, "the threshold slider did not switch the map"
+    after = _shown(page, 0)
+    assert after[0] == before[0] and after != before, "the threshold slider did not switch the map"
     path = page.screenshot(SCREENSHOTS / "widget_07_explorer.png", full_page=False)
     print(f"screenshot: {path}")
+
+    # the randomisation view: one picture (trained above randomised), switched by its method buttons
+    view = _shown(page, 1)
+    assert len(view) == 1
+    _press_in(page, 1, "Grad-CAM")
+    assert _shown(page, 1) != view and _shown(page, 0) == after, "the two explorers must not be linked"
 
 
 @pytest.mark.parametrize("name", [p for p in PAGES if p.startswith("notebooks/")])
