@@ -251,7 +251,7 @@ def test_metrics_add_randomisation_and_road_on_a_sample(shards, tmp_path, capsys
     base = [*SMALL, "--random-init", "--data", f"clickme:{shards}", "--results", results, "--sanity-images", "1"]
     code, out, err = cli([*base, "--limit", "2", "--metrics", "alignment,randomisation,road"], capsys)
     assert code == 0, err
-    assert "2 evaluated" in out and "Randomisation test" in out and "first 1 images" in out and "ROAD" in out
+    assert "2 evaluated" in out and "Randomisation test" in out and "first 1 image)" in out and "ROAD" in out
     saved = json.loads(results.with_suffix(".sanity.json").read_text())
     assert saved["images"] == 1 and saved["settings"]["model"] == "resnet10t"
     layers = [row["layer"] for row in saved["randomisation"] if row["mode"] == "cascading"]

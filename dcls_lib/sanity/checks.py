@@ -51,12 +51,13 @@ class ModelChecks:
     def tables(self) -> str:
         """The checks' Markdown tables, each under a line saying what it is and on how many images."""
         parts = []
+        sample = f"first {self.images} image{'s' if self.images != 1 else ''}"
         if self.randomisation is not None:
             parts.append(f"Randomisation test (Spearman between the trained and the randomised model's maps; "
-                         f"first {self.images} images):\n\n{self.randomisation.table()}")
+                         f"{sample}):\n\n{self.randomisation.table()}")
         if self.road is not None:
             parts.append(f"ROAD (change of the target's probability as pixels are imputed, most relevant first "
-                         f"against least relevant first; first {self.images} images):\n\n{self.road.table()}")
+                         f"against least relevant first; {sample}):\n\n{self.road.table()}")
         return "\n\n".join(parts)
 
     def to_dict(self) -> dict:
