@@ -63,9 +63,11 @@ class StudyPlan:
         return tuple(self.family_seeds.get(family, self.seeds))
 
     def configs(self) -> list[TrainConfig]:
-        """Every run, a seed's variants together, so that an interrupted study already holds pairs."""
+        """Every run, seed by seed (every family's first seed first) and a seed's variants together, so
+        that an interrupted study already holds paired runs of every family."""
+        seeds = sorted({s for f in self.families for s in self.seeds_of(f)})
         return [profile_config(self.profile, family=f, variant=v, seed=s, **self.train_overrides)
-                for f in self.families for s in self.seeds_of(f) for v in self.variants]
+                for s in seeds for f in self.families if s in self.seeds_of(f) for v in self.variants]
 
 
 ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
