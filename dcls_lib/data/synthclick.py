@@ -53,7 +53,8 @@ rings near the left and right edges).  Measured from the placement alone (a Baye
 16x16 grid of positions, :func:`position_bound`): the place of one ring gives about 8% of the
 12-class label right for near pairs, 5% for mid and 60% for far (chance 8%); both places, each
 weighed alone and added, 8%, 33% and 90%.  So mid pairs need long-range evidence; far pairs can be
-told, mostly, from where the rings sit against the border; near pairs are local.  :func:`one_part_control`
+told, mostly, from where the rings sit against the border; near pairs are local.
+:func:`dcls_lib.controls.one_part_control`
 measures what a trained model does when one ring is removed.
 
 Why the human map is the right ground truth
@@ -618,7 +619,8 @@ def describe() -> str:
     for label, name in enumerate(CLASSES):
         span = name.split(", ")[0]
         lo, hi = SPANS[span]
-        where = "local (one window of ~0.44 side)" if span == "near" else "long-range: both parts at once"
+        where = {"near": "local (one window of ~0.44 side)", "mid": "long-range: both parts at once",
+                 "far": "long-range, or the rings' places (border)"}[span]
         lines.append(f"{label:>5}  {name:<14} {lo:.2f} - {hi:.2f}{'':<13} {where}")
     lines += [
         "",
