@@ -16,12 +16,12 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ..cam import StudyCAM
-from ..data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
+from ..data.synthclick import CLASSES, ORIENTATIONS, SPANS, SynthClick, factor_accuracy
 from ..evaluate import PixelNormalize
 from ..metrics import spearman
 from ..models import cam_target, parameter_count
 from ..cam import EXPLAINERS
-from ..study import StudyResults
+from ..study import StudyResults, paired_difference_rows
 from ..train import load_positions, load_run
 from .heatmap_plots import METHOD_NAMES, plot_heatmap_grid
 
@@ -29,17 +29,19 @@ VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab
 
 
 def training_curves(results: StudyResults) -> plt.Figure:
-    """Training loss and validation accuracy per epoch, one colour per variant, a row per family."""
+    """Training loss and validation accuracy along training (the log's curve: several points per
+    epoch), one colour per variant, a row per family."""
     families = list(dict.fromkeys(r["family"] for r in results.rows))
     fig, axes = plt.subplots(len(families), 2, figsize=(10, 3.2 * len(families)), squeeze=False)
     for row, family in zip(axes, families):
         for entry in (r for r in results.rows if r["family"] == family):
             log = load_run_log(results, entry)
-            epochs = [e["epoch"] for e in log["epochs"]]
-            style = dict(color=VARIANT_COLOURS[entry["variant"]], marker="o", alpha=0.85,
-                         label=entry["variant"] if entry["seed"] == results.plan.seeds[0] else None)
-            row[0].plot(epochs, [e["train_loss"] for e in log["epochs"]], **style)
-            row[1].plot(epochs, [e["val_acc"] for e in log["epochs"]], **style)
+            points = log.get("curve") or log["epochs"]  # runs logged before the curve: one point per epoch
+            epochs = [p["epoch"] for p in points]
+            style = dict(color=VARIANT_COLOURS[entry["variant"]], marker=".", alpha=0.85,
+                         label=entry["variant"] if entry["seed"] == results.plan.seeds_of(family)[0] else None)
+            row[0].plot(epochs, [p["train_loss"] for p in points], **style)
+            row[1].plot(epochs, [p["val_acc"] for p in points], **style)
         row[0].set(title=f"{family}: training loss", xlabel="epoch", ylabel="cross-entropy")
         row[1].axhline(1 / len(CLASSES), color="black", lw=0.8, ls=":", label="chance")
         row[1].set(title=f"{family}: validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
@@ -66,7 +68,8 @@ def accuracy_rows(results: StudyResults) -> list[dict]:
             "family": entry["family"], "variant": entry["variant"], "seed": entry["seed"],
             "test accuracy": f"{entry['test_acc']:.1%}",
             f"span ({len(SPANS)} ways)": f"{factors['span']:.1%}",
-            f"relation ({len(RELATIONS)} ways)": f"{factors['relation']:.1%}",
+            f"orientation ({len(ORIENTATIONS)} ways)": f"{factors['orientation']:.1%}",
+            **{f"{span} classes": f"{factors[span]:.1%}" for span in SPANS},
             "parameters": f"{parameter_count(run.model):,}",
             "training": f"{seconds / 60:.1f} min ({images / seconds:.0f} images/s)",
         })
@@ -154,28 +157,10 @@ def per_image_scores(results: StudyResults, explainer: str) -> dict[tuple[str, s
     return scores
 
 
-def paired_differences(results: StudyResults, explainer: str, against: str = "baseline", variant: str = "dcls",
-                       resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Per family: the mean per-image difference in Spearman (``variant`` - ``against``) over the same
-    images and seeds, its bootstrap 95% interval, and the share of images where ``variant`` is higher."""
-    scores = per_image_scores(results, explainer)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for family in dict.fromkeys(r["family"] for r in results.rows):
-        differences = []
-        for s in results.plan.seeds:
-            a, b = scores.get((family, against, s)), scores.get((family, variant, s))
-            if a is None or b is None:
-                continue
-            differences += [b[i] - a[i] for i in a.keys() & b.keys()]
-        if not differences:
-            continue
-        d = np.asarray(differences)
-        boot = rng.choice(d, size=(resamples, len(d))).mean(1)
-        low, high = np.percentile(boot, [2.5, 97.5])
-        rows.append({"family": family, "images": len(d), "mean difference": f"{d.mean():+.3f}",
-                     "95% interval": f"[{low:+.3f}, {high:+.3f}]", f"{variant} higher on": f"{(d > 0).mean():.0%}"})
-    return rows
+def paired_differences(results: StudyResults, explainer: str, against: str = "baseline", variant: str = "dcls") -> list[dict]:
+    """Per family: the paired per-image difference in alignment with its bootstrap interval over
+    seeds and images (:func:`dcls_lib.study.paired_difference_rows`)."""
+    return paired_difference_rows(results, explainer, variant=variant, against=against)
 
 
 def score_distributions(results: StudyResults) -> plt.Figure:
