@@ -278,11 +278,13 @@ class StudyResults:
         """Every table of the study: accuracy and alignment, per span, the claim's count and the
         paired differences (Markdown, as written to study.md)."""
         parts = [self.table(), span_table(self.summary), table_text(claim_counts(self.rows))]
-        differences = [row for explainer in EXPLAINERS for variant in ("dcls", "dilated")
-                       if variant in self.plan.variants and "baseline" in self.plan.variants
-                       for row in paired_difference_rows(self, explainer, variant=variant)]
-        if differences:
-            parts.append("Paired per-image differences in alignment (percentage points):\n\n" + table_text(differences))
+        for variant in ("dcls", "dilated"):
+            if variant not in self.plan.variants or "baseline" not in self.plan.variants:
+                continue
+            differences = [row for explainer in EXPLAINERS for row in paired_difference_rows(self, explainer, variant)]
+            if differences:  # one table per variant: its columns name the variant
+                parts.append(f"Paired per-image differences in alignment, {variant} - baseline (percentage points):"
+                             f"\n\n{table_text(differences)}")
         return "\n\n".join(parts)
 
     def run_dir(self, family: str, variant: str, seed: int = 0) -> Path:

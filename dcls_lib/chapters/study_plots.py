@@ -199,3 +199,67 @@ def example_heatmaps(results: StudyResults, images: torch.Tensor, labels: torch.
     fig = plot_heatmap_grid(images, human, rows, scores, column_titles=[CLASSES[int(c)] for c in labels])
     fig.suptitle(METHOD_NAMES[explainer], fontsize=10, y=1.01)
     return fig
+
+
+def variant_rows(plan) -> list[dict]:
+    """Per family and variant of a study plan: parameters and convolutions of the untrained model."""
+    from ..models.small import create_small_model
+
+    rows = []
+    for family in plan.families:
+        config = next(c for c in plan.configs() if c.family == family)
+        for variant in plan.variants:
+            model = create_small_model(family, variant, width=config.width)
+            convs = sum(type(m).__name__ in ("Conv2d", "Dcls2d") for m in model.modules())
+            rows.append({"family": family, "variant": variant, "width": config.width,
+                         "parameters": f"{parameter_count(model):,}", "convolutions": convs})
+    return rows
+
+
+def param_group_rows(model: torch.nn.Module, config) -> list[dict]:
+    """The optimiser groups the DCLS recipe gives ``model`` under ``config``'s learning rates."""
+    from ..recipe import param_groups
+
+    groups = param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)
+    return [{"group": g["name"], "tensors": len(g["params"]),
+             "numbers": f"{sum(p.numel() for p in g['params']):,}",
+             "learning rate": f"{g['lr']:.0e}", "weight decay": g["weight_decay"]} for g in groups]
+
+
+def near_chance(results: StudyResults, factor: float = 2.0) -> list[str]:
+    """The (family-variant-seed) runs whose test accuracy is below ``factor`` times chance: runs
+    that have not learned the task, whose heatmaps are no evidence."""
+    chance = 1 / len(CLASSES)
+    return [f"{r['family']}-{r['variant']}-seed{r['seed']}" for r in results.rows
+            if r.get("test_acc") is not None and r["test_acc"] < factor * chance]
+
+
+def finding_text(results: StudyResults) -> str:
+    """One sentence of what the study found in this build: the claim's count per explainer, and
+    which runs did not learn the task (the front page quotes it)."""
+    from ..study import claim_counts
+
+    counts = "; ".join(f"{METHOD_NAMES[c['explainer']]}: {c['families rose']} of {c['families']} "
+                       f"families ({c['runs rose']} of {c['runs']} runs)" for c in claim_counts(results.rows))
+    failed = near_chance(results)
+    learned = (f"{len(failed)} of {len(results.rows)} runs stayed below twice chance accuracy, so their "
+               "heatmaps are no evidence" if failed else "every run learned the task (accuracy above twice chance)")
+    return f"DCLS raised the alignment score in {counts}; {learned}."
+
+
+def kept_gpu_study(folder: str = "results/study-gpu"):
+    """The gpu-profile study committed under ``folder`` (relative to the repository), or None."""
+    from pathlib import Path
+
+    from ..study import load_study
+
+    path = Path(__file__).resolve().parents[2] / folder
+    if not (path / "study.json").is_file():
+        return None
+    return load_study(path)
+
+
+def study_label(study: StudyResults) -> str:
+    """What ran a saved study: device, profile, commit and date, from its run information."""
+    info = study.info
+    return f"Computed on {info['device']}, profile {study.plan.profile}, commit {info['commit']}, {info['date']}"
