@@ -7,6 +7,11 @@ library retrains.  Scores come from ``dcls_lib.evaluate.evaluate_alignment`` on 
 (per-image results are kept beside each run).  The table and the files the book's figures are drawn
 from are written to ``study.json`` and ``study.md`` in the same folder.
 
+Over seeds: :func:`aggregate` (mean and spread per family and variant, accuracy per span beside
+every alignment score), :func:`claim_counts` (the published claim's count: models whose score rose
+with DCLS) and :func:`paired_differences` (per-image differences, paired on the same images and
+seed, with bootstrap intervals that resample seeds and images).
+
     python -m dcls_lib.study --profile cpu
 """
 
@@ -22,13 +27,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from .cam import EXPLAINERS
 from .data.clickme import ClickMe, clickme_val
-from .data.synthclick import SynthClick
+from .data.synthclick import SPANS, SynthClick, factor_accuracy
 from .evaluate import ExplainerSettings, evaluate_alignment
+from .metrics import HUMAN_CEILING
 from .transforms import PixelNormalize
 from .files import write_json, write_text
 from .models import STUDY_MODELS, cam_target, create_study_model, input_transform
@@ -47,19 +54,29 @@ class StudyPlan:
     families: tuple[str, ...]
     variants: tuple[str, ...] = VARIANTS
     seeds: tuple[int, ...] = (0,)
+    family_seeds: dict = field(default_factory=dict)  # family -> its seeds, where they are not ``seeds``
     test_size: int = 600
     threshold: float = 0.3
     train_overrides: dict = field(default_factory=dict)
 
+    def seeds_of(self, family: str) -> tuple[int, ...]:
+        return tuple(self.family_seeds.get(family, self.seeds))
+
     def configs(self) -> list[TrainConfig]:
+        """Every run, seed by seed (every family's first seed first) and a seed's variants together, so
+        that an interrupted study already holds paired runs of every family."""
+        seeds = sorted({s for f in self.families for s in self.seeds_of(f)})
         return [profile_config(self.profile, family=f, variant=v, seed=s, **self.train_overrides)
-                for f in self.families for v in self.variants for s in self.seeds]
+                for s in seeds for f in self.families if s in self.seeds_of(f) for v in self.variants]
 
 
+ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
 PLANS = {
     "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
-    "cpu": StudyPlan("cpu", families=("resnet",), test_size=600),
-    "gpu": StudyPlan("gpu", families=("resnet", "convnext", "fastvit", "convformer"), seeds=(0, 1, 2), test_size=2400),
+    # the book on 2 cores: three seeds for the two families that learn fastest, one for the others
+    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0, 1, 2), family_seeds={"fastvit": (0,), "convformer": (0,)},
+                     test_size=240),
+    "gpu": StudyPlan("gpu", families=ALL_FAMILIES, seeds=(0, 1, 2), test_size=2400),
 }
 
 
@@ -91,6 +108,7 @@ def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
     _, test_acc, confusion = evaluate_accuracy(run.model, pixels, labels, device)
     row = {"family": config.family, "variant": config.variant, "seed": config.seed,
            "val_acc": run.final["val_acc"], "test_acc": test_acc, "test_confusion": confusion.tolist()}
+    row.update({f"{factor} acc": value for factor, value in factor_accuracy(confusion.numpy()).items()})
     target = cam_target(run.model)
     for explainer in EXPLAINERS:
         summary = evaluate_alignment(
@@ -102,40 +120,144 @@ def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
         row[explainer] = summary.alignment
         row[f"{explainer} sem"] = summary.alignment_sem
         row[f"{explainer} constant maps"] = summary.constant_model_maps
+        row.update({f"{explainer} {span}": value for span, value in _alignment_by_span(results_rho(run.out_dir, explainer),
+                                                                                         labels).items()})
     return row
 
 
+def results_rho(run_dir: os.PathLike, explainer: str) -> dict[str, float]:
+    """A run's per-image Spearman correlations (image id -> rho) from its results file; a constant map
+    (stored as None) counts as 0, the study's policy (:mod:`dcls_lib.metrics`)."""
+    path = Path(run_dir) / f"alignment-{explainer}.jsonl"
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {e["id"]: e["spearman"] or 0.0 for e in entries if e.get("type") == "image"}
+
+
+def _alignment_by_span(rho: dict[str, float], labels: torch.Tensor) -> dict[str, float]:
+    """Alignment (mean rho / ceiling) over the test images of each span; image ids are test indices."""
+    spans = list(SPANS)
+    per_span: dict[str, list[float]] = {span: [] for span in spans}
+    for image_id, value in rho.items():
+        per_span[spans[int(labels[int(image_id)]) // (SynthClick.num_classes // len(spans))]].append(value)
+    return {span: statistics.fmean(v) / HUMAN_CEILING for span, v in per_span.items() if v}
+
+
+# What the study reports per (family, variant): accuracy overall and per span (the far-evidence
+# classes apart), beside each explainer's alignment, overall and per span.
+SUMMARY_KEYS = ("test_acc", "span acc", "orientation acc", *(f"{s} acc" for s in SPANS), *EXPLAINERS,
+                *(f"{e} {s}" for e in EXPLAINERS for s in SPANS))
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and spread (sample standard deviation) over seeds, per family and variant."""
+    """Mean and spread (sample standard deviation) over seeds, per family and variant, of SUMMARY_KEYS
+    (keys a row lacks, such as accuracy on ClickMe, are None)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["family"], row["variant"]), []).append(row)
     out = []
     for (family, variant), members in groups.items():
         entry = {"family": family, "variant": variant, "seeds": len(members)}
-        for key in ("test_acc", *EXPLAINERS):
-            values = [m[key] for m in members if m[key] is not None]
+        for key in SUMMARY_KEYS:
+            values = [m[key] for m in members if m.get(key) is not None]
             entry[key] = statistics.fmean(values) if values else None
             entry[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else None
         out.append(entry)
     return out
 
 
+def _cell(entry: dict, key: str) -> str:
+    if entry.get(key) is None:
+        return "n/a"
+    text = f"{entry[key] * 100:.1f}"
+    if entry.get(f"{key} std") is not None:
+        text += f" ± {entry[f'{key} std'] * 100:.1f}"
+    return text
+
+
 def markdown_table(summary: list[dict]) -> str:
     """The study's table: accuracy and alignment (mean, and spread over seeds where there are several)."""
-
-    def cell(entry, key, percent=True):
-        if entry[key] is None:
-            return "n/a"
-        scale = 100 if percent else 1
-        text = f"{entry[key] * scale:.1f}"
-        if entry.get(f"{key} std") is not None:
-            text += f" ± {entry[f'{key} std'] * scale:.1f}"
-        return text
-
     return table_text([{"family": e["family"], "variant": e["variant"], "seeds": e["seeds"],
-                        "test accuracy (%)": cell(e, "test_acc"), "Grad-CAM alignment (%)": cell(e, "gradcam"),
-                        "Threshold-Grad-CAM alignment (%)": cell(e, "threshold-gradcam")} for e in summary])
+                        "test accuracy (%)": _cell(e, "test_acc"), "Grad-CAM alignment (%)": _cell(e, "gradcam"),
+                        "Threshold-Grad-CAM alignment (%)": _cell(e, "threshold-gradcam")} for e in summary])
+
+
+def span_table(summary: list[dict]) -> str:
+    """Accuracy and alignment per span (near: local evidence; mid and far: the two parts far apart)."""
+    rows = []
+    for e in summary:
+        row = {"family": e["family"], "variant": e["variant"], "seeds": e["seeds"]}
+        for span in SPANS:
+            row[f"{span}: accuracy (%)"] = _cell(e, f"{span} acc")
+            for explainer, label in zip(EXPLAINERS, ("Grad-CAM", "Threshold-Grad-CAM")):
+                row[f"{span}: {label} (%)"] = _cell(e, f"{explainer} {span}")
+        rows.append(row)
+    return table_text(rows)
+
+
+def claim_counts(rows: list[dict], variant: str = "dcls", against: str = "baseline") -> list[dict]:
+    """The published claim's count ("DCLS raised the score in 7 of 8 models"), per explainer: of the
+    families, how many whose mean score over seeds is higher as ``variant`` than as ``against``; and
+    of the (family, seed) pairs, how many where it is."""
+    out = []
+    for explainer in EXPLAINERS:
+        scores = {(r["family"], r["variant"], r["seed"]): r[explainer] for r in rows if r.get(explainer) is not None}
+        pairs = [(f, s) for (f, v, s) in scores if v == against and (f, variant, s) in scores]
+        families = list(dict.fromkeys(f for f, _ in pairs))
+        rose = 0
+        for family in families:
+            seeds = [s for f, s in pairs if f == family]
+            rose += statistics.fmean(scores[family, variant, s] for s in seeds) > statistics.fmean(
+                scores[family, against, s] for s in seeds)
+        out.append({"explainer": explainer, "comparison": f"{variant} vs {against}", "families rose": rose,
+                    "families": len(families), "runs rose": sum(scores[f, variant, s] > scores[f, against, s]
+                                                                for f, s in pairs), "runs": len(pairs)})
+    return out
+
+
+def paired_difference_rows(results: "StudyResults", explainer: str, variant: str = "dcls",
+                           against: str = "baseline") -> list[dict]:
+    """:func:`paired_differences` as table rows, in alignment points (percent of the human ceiling)."""
+    rows = []
+    for row in paired_differences(results, explainer, variant=variant, against=against):
+        low, high = row.pop("low"), row.pop("high")
+        row["mean difference"] = f"{row['mean difference'] * 100:+.1f}"
+        row["95% interval"] = f"[{low * 100:+.1f}, {high * 100:+.1f}]"
+        row[f"{variant} higher on"] = f"{row[f'{variant} higher on']:.0%}"
+        rows.append(row)
+    return rows
+
+
+def paired_differences(results: "StudyResults", explainer: str, variant: str = "dcls", against: str = "baseline",
+                       resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Per family: the mean per-image difference in alignment (``variant`` - ``against``, rho / ceiling),
+    paired on the same test image and training seed, with a 95% bootstrap interval that resamples
+    seeds and, within them, images (both sources of spread), and the share of images where
+    ``variant`` is higher."""
+    check_choice("explainer", explainer, EXPLAINERS)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in results.rows):
+        seeds = sorted({r["seed"] for r in results.rows if r["family"] == family and r["variant"] == variant}
+                       & {r["seed"] for r in results.rows if r["family"] == family and r["variant"] == against})
+        if not seeds:
+            continue
+        per_seed = []
+        for s in seeds:
+            a = results_rho(results.run_dir(family, against, s), explainer)
+            b = results_rho(results.run_dir(family, variant, s), explainer)
+            ids = sorted(a.keys() & b.keys(), key=int)
+            per_seed.append(np.array([b[i] - a[i] for i in ids]) / HUMAN_CEILING)
+        if not all(len(d) for d in per_seed) or len({len(d) for d in per_seed}) != 1:
+            raise ValueError(f"{family}: the runs of {seeds} were not scored on the same test images")
+        d = np.stack(per_seed)  # (seeds, images)
+        picks_seed = rng.integers(len(seeds), size=(resamples, len(seeds)))
+        picks_image = rng.integers(d.shape[1], size=(resamples, d.shape[1]))
+        boot = d[picks_seed[:, :, None], picks_image[:, None, :]].mean(axis=(1, 2))  # (resamples,)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        rows.append({"family": family, "explainer": explainer, "comparison": f"{variant} - {against}",
+                     "seeds": len(seeds), "images": d.shape[1], "mean difference": float(d.mean()),
+                     "low": float(low), "high": float(high), f"{variant} higher on": float((d > 0).mean())})
+    return rows
 
 
 @dataclass
@@ -151,6 +273,19 @@ class StudyResults:
 
     def table(self) -> str:
         return markdown_table(self.summary)
+
+    def report(self) -> str:
+        """Every table of the study: accuracy and alignment, per span, the claim's count and the
+        paired differences (Markdown, as written to study.md)."""
+        parts = [self.table(), span_table(self.summary), table_text(claim_counts(self.rows))]
+        for variant in ("dcls", "dilated"):
+            if variant not in self.plan.variants or "baseline" not in self.plan.variants:
+                continue
+            differences = [row for explainer in EXPLAINERS for row in paired_difference_rows(self, explainer, variant)]
+            if differences:  # one table per variant: its columns name the variant
+                parts.append(f"Paired per-image differences in alignment, {variant} - baseline (percentage points):"
+                             f"\n\n{table_text(differences)}")
+        return "\n\n".join(parts)
 
     def run_dir(self, family: str, variant: str, seed: int = 0) -> Path:
         return self.out_dir / f"{family}-{variant}-seed{seed}"
@@ -187,7 +322,7 @@ def run_study(
     results = StudyResults(plan, rows, out, info)
     plan_dict = dataclasses.asdict(plan)
     write_json(out / "study.json", {"plan": plan_dict, "run": info, "rows": rows, "summary": results.summary})
-    write_text(out / "study.md", results.table() + "\n")
+    write_text(out / "study.md", results.report() + "\n")
     return results
 
 
@@ -245,7 +380,9 @@ def load_study(path: os.PathLike) -> StudyResults:
     path = Path(path)
     path = path / "study.json" if path.is_dir() else path
     data = json.loads(path.read_text())
-    plan = StudyPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
+    fields["family_seeds"] = {f: tuple(seeds) for f, seeds in fields.get("family_seeds", {}).items()}
+    plan = StudyPlan(**fields)
     return StudyResults(plan, data["rows"], path.parent, data["run"])
 
 
@@ -263,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> StudyResults:
                                     device=args.device, download=not args.clickme)
     else:
         results = run_study(args.profile, args.out, device=args.device)
-    print(results.table())
+    print(results.report() if args.clickme is None else results.table())
     print(f"\n{json.dumps(results.info)}\nwritten to {results.out_dir}")
     return results
 

@@ -10,7 +10,9 @@ is the thesis' schedule for learned delays, ``"linear"`` the one these runs have
 Runs are resumable: with ``out_dir`` every epoch ends with an atomic checkpoint, a JSON log (losses,
 accuracies, confusion matrices, learning rates, timings, what ran it) and the positions of every
 stage.  Calling ``train`` again with the same configuration continues where it stopped, or loads the
-finished run.
+finished run (without generating its data).  The log's ``curve`` has ``curve_points`` points per epoch
+(training loss and accuracy since the previous point, accuracy on the first ``curve_val_size``
+validation images), so that short runs still show how they learn.
 
     python -m dcls_lib.train --family convnext --variant dcls --profile cpu --out runs/convnext-dcls
 """
@@ -75,12 +77,15 @@ class TrainConfig(RecipeConfig):
     version: Optional[str] = None
     data_seed: int = 0
     num_workers: int = 0  # processes that generate the SynthClick images
+    curve_points: int = 10  # points of the training curve per epoch
+    curve_val_size: int = 240  # validation images scored at each curve point (the full set ends each epoch)
 
     def __post_init__(self) -> None:
         check_choice("family", self.family, sorted(SMALL_FAMILIES))
         check_choice("variant", self.variant, VARIANTS)
         check_choice("sigma", self.sigma, SIGMA_MODES)
-        check_positive_int(train_size=self.train_size, val_size=self.val_size)
+        check_positive_int(train_size=self.train_size, val_size=self.val_size, curve_points=self.curve_points,
+                           curve_val_size=self.curve_val_size)
         super().__post_init__()
 
 
@@ -88,9 +93,9 @@ class TrainConfig(RecipeConfig):
 # gpu: full size on one GPU.
 PROFILE_SETTINGS = {
     "smoke": dict(width=8, image_size=64, train_size=64, val_size=32, epochs=2, batch_size=32, warmup_steps=2),
-    "cpu": dict(width=16, image_size=96, train_size=16000, val_size=1200, epochs=2, batch_size=64, warmup_steps=100),
-    "gpu": dict(width=48, image_size=128, train_size=96000, val_size=4800, epochs=30, batch_size=256,
-                warmup_steps=500, lr=3e-3, amp=True, num_workers=8),
+    "cpu": dict(width=8, image_size=112, train_size=4800, val_size=480, epochs=2, batch_size=32, warmup_steps=30),
+    "gpu": dict(width=32, image_size=112, train_size=48000, val_size=2400, epochs=10, batch_size=128,
+                warmup_steps=300, amp=True, num_workers=8),
 }
 
 
@@ -190,6 +195,29 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     return total_loss / len(labels), (confusion.diag().sum() / len(labels)).item(), confusion
 
 
+def curve_step_numbers(steps_per_epoch: int, points: int) -> list[int]:
+    """The steps (1-based, within an epoch) after which the curve gets a point: ``points`` evenly
+    spaced ones ending with the epoch's last step (fewer when the epoch has fewer steps)."""
+    return sorted({max(1, round(steps_per_epoch * k / points)) for k in range(1, points + 1)})
+
+
+class _CurvePoint:
+    """Training loss and accuracy summed since the previous point of the curve."""
+
+    def __init__(self):
+        self.seen, self.loss, self.correct = 0, 0.0, 0
+
+    def add(self, count: int, loss_sum: float, correct: int) -> None:
+        self.seen += count
+        self.loss += loss_sum
+        self.correct += correct
+
+    def row(self, epoch: float, val_acc: float) -> dict:
+        seen = max(self.seen, 1)
+        return {"epoch": round(epoch, 4), "train_loss": self.loss / seen, "train_acc": self.correct / seen,
+                "val_acc": val_acc}
+
+
 def position_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in position_parameters(model).items() if name.endswith(".P")}
 
@@ -218,7 +246,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.warmup_steps, config.epochs * steps_per_epoch)
     )
-    log = {"config": config.to_dict(), "run": run_info(device, config.profile), "epochs": []}
+    log = {"config": config.to_dict(), "run": run_info(device, config.profile), "epochs": [], "curve": []}
     positions = {"init": position_snapshot(model)}
     start = 0
     checkpoint = out / "checkpoint.pt" if out else None
@@ -233,12 +261,16 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         log, positions, start = state["log"], state["positions"], state["epoch"] + 1
+        if start >= config.epochs:  # finished: nothing to train, so no data to generate
+            model.eval()
+            return TrainRun(model, config, log, out)
 
     images, labels = synthclick_tensors("train", config.image_size, config.data_seed, config.train_size,
                                         config.num_workers)
     val_images, val_labels = synthclick_tensors("val", config.image_size, config.data_seed, config.val_size,
                                                 config.num_workers)
     amp = _autocast(config, device)
+    curve_steps = set(curve_step_numbers(steps_per_epoch, config.curve_points))
     for epoch in range(start, config.epochs):
         if schedule is not None:
             set_sigma(model, schedule(epoch))
@@ -246,10 +278,11 @@ def train(
         order = torch.randperm(len(labels), generator=shuffle)[: steps_per_epoch * config.batch_size]
         model.train()
         started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        point = _CurvePoint()
         bar = progress_bar(_batches(images, labels, config.batch_size, device, order), total=steps_per_epoch,
                    desc=f"{config.family}-{config.variant} epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, start=1):
             with amp:
                 logits = model(_normalize(x))
                 loss = F.cross_entropy(logits.float(), y)
@@ -260,11 +293,20 @@ def train(
             optimizer.step()
             scheduler.step()
             clamp_positions(model)
+            batch_loss, batch_correct = loss.item() * y.numel(), (logits.argmax(1) == y).sum().item()
             seen += y.numel()
-            loss_sum += loss.item() * y.numel()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += batch_loss
+            correct += batch_correct
+            point.add(y.numel(), batch_loss, batch_correct)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            if step in curve_steps and step != steps_per_epoch:  # the epoch's end is logged with the full set
+                _, curve_acc, _ = evaluate_accuracy(model, val_images[:config.curve_val_size],
+                                                    val_labels[:config.curve_val_size], device, amp=amp)
+                log["curve"].append(point.row(epoch + step / steps_per_epoch, curve_acc))
+                point = _CurvePoint()
+                model.train()
         val_loss, val_acc, confusion = evaluate_accuracy(model, val_images, val_labels, device, amp=amp)
+        log["curve"].append(point.row(epoch + 1.0, val_acc))
         log["epochs"].append({
             "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
             "val_loss": val_loss, "val_acc": val_acc, "val_confusion": confusion.tolist(),

@@ -58,7 +58,7 @@ def test_layer_tensors_give_the_maps_of_study_cam(resnet_batch):
     normalize = lambda x: (x - 0.5) / 0.2  # noqa: E731
     whole = layer_tensors(model, images, labels, preprocess=normalize, batch_size=64)
     split = layer_tensors(model, images, labels, preprocess=normalize, batch_size=2)
-    assert whole.activations.shape == (5, 64, 2, 2) and len(whole) == 5
+    assert whole.activations.shape == (5, 64, 4, 4) and len(whole) == 5  # total stride 16
     torch.testing.assert_close(split.activations, whole.activations)
     torch.testing.assert_close(split.gradients, whole.gradients)
     layer = cam_target(model).layer

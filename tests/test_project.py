@@ -51,8 +51,6 @@ def test_no_unused_imports_or_undefined_names():
 # monospace, measured in the built book): 77 in a cell, 75 in a folded (hide-input) one.
 CODE_WIDTH, FOLDED_CODE_WIDTH = 77, 75
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# Chapters still being rewritten for the page width: remove a name once its chapter fits.
-TOO_WIDE_FOR_NOW = {"04_training", "06_study"}
 
 
 def _code_lines(path: Path):
@@ -72,12 +70,7 @@ def _code_lines(path: Path):
                     yield index, CODE_WIDTH, line
 
 
-@pytest.mark.parametrize("notebook", [
-    pytest.param(path, id=path.stem, marks=[pytest.mark.xfail(
-        strict=False, reason=f"{path.stem} is not yet rewritten to fit the page (issue 16)")]
-        if path.stem in TOO_WIDE_FOR_NOW else [])
-    for path in NOTEBOOKS
-])
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda path: path.stem)
 def test_code_lines_fit_the_page(notebook):
     """No code line wider than its cell shows: a reader would see half of it."""
     wide = [f"cell {i}: {line.strip()[:50]}... ({len(line)} > {limit} characters)"

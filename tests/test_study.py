@@ -8,7 +8,18 @@ import pytest
 import torch
 
 from dcls_lib.data.synthclick import SynthClick
-from dcls_lib.study import PLANS, StudyPlan, aggregate, load_study, markdown_table, run_study
+from dcls_lib.study import (
+    PLANS,
+    StudyPlan,
+    aggregate,
+    claim_counts,
+    load_study,
+    markdown_table,
+    paired_differences as study_paired_differences,
+    results_rho,
+    run_study,
+    span_table,
+)
 from dcls_lib.train import evaluate_accuracy
 
 
@@ -32,6 +43,36 @@ def test_plans_train_the_three_variants():
         assert plan.variants == ("baseline", "dilated", "dcls")
         assert {c.profile for c in plan.configs()} == {plan.profile}
     assert len(PLANS["gpu"].seeds) >= 3, "the full profile reports a spread over seeds"
+    cpu = PLANS["cpu"]
+    assert set(cpu.families) == {"resnet", "convnext", "fastvit", "convformer"}
+    assert len(cpu.seeds_of("resnet")) >= 3 and len(cpu.seeds_of("convnext")) >= 3
+    runs = [(c.family, c.variant, c.seed) for c in cpu.configs()]
+    assert len(runs) == len(set(runs)) == sum(3 * len(cpu.seeds_of(f)) for f in cpu.families)
+
+
+def test_aggregate_reports_accuracy_per_span_beside_alignment():
+    rows = [{"family": "convnext", "variant": "dcls", "seed": s, "test_acc": 0.5, "near acc": 0.9, "far acc": far,
+             "gradcam": 0.1, "gradcam far": 0.2 + far} for s, far in ((0, 0.2), (1, 0.4))]
+    (entry,) = aggregate(rows)
+    assert entry["far acc"] == pytest.approx(0.3) and entry["far acc std"] == pytest.approx(math.sqrt(0.02))
+    assert entry["gradcam far"] == pytest.approx(0.5) and entry["mid acc"] is None
+    table = span_table([entry])
+    assert "far: accuracy (%)" in table and "| 30.0 ± 14.1 |" in table and "| 50.0 ± 14.1 |" in table
+
+
+def test_claim_counts_count_families_and_runs_whose_score_rose():
+    rows = []
+    for family, base, dcls in (("resnet", (0.1, 0.2), (0.3, 0.1)), ("convnext", (0.5, 0.5), (0.4, 0.45))):
+        for seed in (0, 1):
+            rows.append({"family": family, "variant": "baseline", "seed": seed, "gradcam": base[seed],
+                         "threshold-gradcam": 0.0})
+            rows.append({"family": family, "variant": "dcls", "seed": seed, "gradcam": dcls[seed],
+                         "threshold-gradcam": 0.1})
+    counts = {c["explainer"]: c for c in claim_counts(rows)}
+    # resnet: mean 0.2 > 0.15 rose (one run of two); convnext fell in both runs
+    assert (counts["gradcam"]["families rose"], counts["gradcam"]["families"]) == (1, 2)
+    assert (counts["gradcam"]["runs rose"], counts["gradcam"]["runs"]) == (1, 4)
+    assert counts["threshold-gradcam"]["families rose"] == 2 and counts["threshold-gradcam"]["runs rose"] == 4
 
 
 TINY = StudyPlan("smoke", families=("resnet",), variants=("baseline", "dcls"), seeds=(0, 1), test_size=8,
@@ -56,7 +97,7 @@ def test_run_study_trains_scores_and_reloads(tiny_study):
             assert sum(json.loads(l)["type"] == "image" for l in lines.read_text().splitlines()) == 8
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["rows"] == results.rows and saved["run"]["profile"] == "smoke"
-    assert (tmp_path / "study.md").read_text().strip() == results.table()
+    assert (tmp_path / "study.md").read_text().strip() == results.report()
 
     checkpoint = results.run_dir("resnet", "dcls", 1) / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
@@ -99,7 +140,7 @@ def test_figures_and_tables_of_a_study(tiny_study):
     curves = training_curves(results)
     assert len(curves.axes) == 2 and len(curves.axes[1].lines) == 4 + 1  # 4 runs and the chance line
     rows = accuracy_rows(results)
-    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", 0), ("baseline", 1), ("dcls", 0), ("dcls", 1)]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("baseline", 0), ("dcls", 0), ("baseline", 1), ("dcls", 1)]
     assert all(r["test accuracy"].endswith("%") for r in rows)
     dcls_run = results.run_dir("resnet", "dcls", 0)
     maps = position_maps(dcls_run, size=7)
@@ -122,7 +163,8 @@ def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
     assert len(a) == len(b) == 8
     (row,) = paired_differences(results, "gradcam")
     expected = np.mean([scores["resnet", "dcls", s][i] - scores["resnet", "baseline", s][i] for s in (0, 1) for i in a])
-    assert row["images"] == 16 and float(row["mean difference"]) == pytest.approx(expected, abs=5e-4)
+    assert (row["seeds"], row["images"]) == (2, 8)
+    assert float(row["mean difference"]) == pytest.approx(expected / 0.65753 * 100, abs=0.06)
     low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
     assert low <= float(row["mean difference"]) <= high
     assert len(score_distributions(results).axes) == 2
@@ -132,6 +174,50 @@ def test_paired_differences_and_heatmaps_of_a_study(tiny_study):
     assert len(fig.axes) == 3 * (2 + 2), "rows: image, human map and the two seed-0 models; a column per image"
     titles = [ax.get_title() for ax in fig.axes[6:]]
     assert all(t.startswith("ρ =") or t == "constant map" for t in titles)
+
+
+def test_paired_differences_resample_seeds_and_images(tiny_study):
+    _, results = tiny_study
+    (row,) = study_paired_differences(results, "threshold-gradcam", resamples=4000)
+    base = [results_rho(results.run_dir("resnet", "baseline", s), "threshold-gradcam") for s in (0, 1)]
+    dcls = [results_rho(results.run_dir("resnet", "dcls", s), "threshold-gradcam") for s in (0, 1)]
+    d = np.array([[dcls[s][i] - base[s][i] for i in sorted(base[s], key=int)] for s in (0, 1)]) / 0.65753
+    assert row["mean difference"] == pytest.approx(d.mean())
+    assert row["low"] <= d.mean() <= row["high"]
+    # resampling seeds too: the interval is at least as wide as resampling the pooled images alone
+    pooled = np.random.default_rng(1).choice(d.ravel(), size=(4000, d.size)).mean(1)
+    width = np.subtract(*np.percentile(pooled, [97.5, 2.5]))
+    assert row["high"] - row["low"] >= 0.8 * width
+    assert row["dcls higher on"] == pytest.approx((d > 0).mean())
+
+
+def test_study_rows_report_accuracy_per_span_and_the_report_has_every_table(tiny_study):
+    _, results = tiny_study
+    for row in results.rows:
+        assert {"span acc", "orientation acc", "near acc", "mid acc"} <= set(row)
+        assert "gradcam near" in row and "threshold-gradcam mid" in row  # the smoke test split: near and mid items
+    report = results.report()
+    assert results.table() in report and "near: accuracy (%)" in report and "families rose" in report
+    assert "Paired per-image differences" in report
+
+
+def test_one_part_control_at_smoke_size(tiny_study):
+    from dcls_lib.controls import one_part_control, study_control
+
+    _, results = tiny_study
+    run = results.load_models(seed=0, device="cpu")["resnet", "dcls"]
+    test = SynthClick("test", 64, seed=0, size=24)
+    rows = one_part_control(run.model, test, device="cpu", bound_count=200)
+    assert [r["span"] for r in rows] == ["near", "mid", "far"] and sum(r["images"] for r in rows) == 24
+    for r in rows:
+        assert 0 <= r["both rings"] <= 1 and 0 <= r["one ring"] <= 1 and 0 <= r["one ring's place (bound)"] <= 1
+    images, labels, _ = test.batch()
+    _, accuracy, _ = evaluate_accuracy(run.model, (images * 255).round().to(torch.uint8), labels, "cpu")
+    assert sum(r["both rings"] * r["images"] for r in rows) / 24 == pytest.approx(accuracy)
+    rows = study_control(results, seed=1, device="cpu", size=12)
+    assert {(r["family"], r["variant"]) for r in rows} == {("resnet", "baseline"), ("resnet", "dcls")}
+    with pytest.raises(ValueError, match="transform"):
+        one_part_control(run.model, SynthClick("test", 64, size=4, transform=lambda x: x))
 
 
 def test_the_published_study_on_clickme_files_in_the_real_formats(tmp_path):

@@ -148,8 +148,8 @@ def test_classes_are_balanced_and_all_present():
 
 
 def test_every_scene_follows_the_design():
-    """Every image: all 16 (shape, colour) glyphs plus one duplicate, two of them marked, in the
-    relation and at the distance the label says, distractors clear of the marked parts."""
+    """Every image: all 16 (shape, colour) glyphs plus one duplicate, two of them marked, at the
+    distance and along the axis the label says, distractors clear of the marked parts."""
     for size, split in ((64, "train"), (224, "test")):
         ds = SynthClick(split, size, seed=5, size=240)
         g = sc.GLYPH * size
@@ -160,10 +160,10 @@ def test_every_scene_follows_the_design():
             kinds = [(gl.shape, gl.colour) for gl in glyphs]
             assert set(kinds) == set(itertools.product(range(4), range(4)))
             a, b = scene.marked
-            span, relation = sc.CLASSES[scene.label].split(", ")
-            same_shape, same_colour = a.shape == b.shape, a.colour == b.colour
-            assert relation == {(False, False): "different", (True, False): "same shape",
-                                (False, True): "same colour", (True, True): "identical"}[(same_shape, same_colour)]
+            span, angle = sc.CLASSES[scene.label].split(", ")
+            axis = math.degrees(math.atan2(-(b.y - a.y), b.x - a.x)) % 180  # y grows downwards
+            off = min(abs(axis - int(angle.split()[0])), 180 - abs(axis - int(angle.split()[0])))
+            assert off <= sc.ORIENTATION_JITTER + 1e-6, (axis, angle)
             lo, hi = sc.SPANS[span]
             assert lo * size - 1e-6 <= scene.span_pixels <= hi * size + 1e-6
             for gl in glyphs:
@@ -174,9 +174,9 @@ def test_every_scene_follows_the_design():
                         assert math.hypot(gl.x - m.x, gl.y - m.y) > (sc.PART_RADIUS + sc.GLYPH_RADIUS) * g
 
 
-def test_one_marked_part_alone_says_nothing_about_the_class():
-    """In every class each marked glyph's shape and colour are uniform, and so are the duplicate's:
-    a model must compare the two parts.  Checked on 2400 scenes (no drawing)."""
+def test_what_a_marked_part_looks_like_says_nothing_about_the_class():
+    """In every class each marked glyph's shape and colour are uniform, and so are the duplicate's.
+    Checked on 2400 scenes (no drawing)."""
     ds = SynthClick("train", 64, seed=11, size=2400)
     counts = np.zeros((N_CLASSES, 2, 4, 4))  # class, marked part, shape, colour
     duplicate = np.zeros((N_CLASSES, 4, 4))
@@ -391,6 +391,36 @@ def test_bad_index_and_bad_map_input():
     assert torch.equal(ds[torch.tensor(2)][0], ds[np.int64(2)][0])
 
 
+def test_one_ring_left_out_changes_only_that_ring():
+    ds = SynthClick("val", 96, seed=2, size=12)
+    for i in (1, 10):
+        image, _, human_map = ds[i]
+        scene = ds.scene(i)
+        for part in (0, 1):
+            one = ds.one_part_image(i, part)
+            changed = (one - image).abs().sum(0) > 0
+            glyph = scene.glyphs[-2 + part]
+            ys, xs = torch.nonzero(changed, as_tuple=True)
+            assert changed.any()
+            reach = sc.PART_RADIUS * sc.GLYPH * 96 + 1
+            assert ((xs + 0.5 - glyph.x) ** 2 + (ys + 0.5 - glyph.y) ** 2).max() <= reach**2
+        assert torch.equal(ds[i][2], human_map), "the human map is still the evidence: both glyphs"
+    with pytest.raises(ValueError, match="part"):
+        ds.one_part_image(0, part=2)
+
+
+def test_the_place_of_one_ring_gives_little_away_except_for_far_pairs():
+    """What the placement leaks (the border effect the module docstring measures): one ring's place
+    says almost nothing about near and mid classes; where it is a real shortcut (far pairs near the
+    edges) the bound says so, and a model using both places alone still misses most mid classes."""
+    rows = {r["span"]: r for r in sc.position_bound(112, count=1500)}
+    assert rows["near"]["one ring"] < 0.12 and rows["mid"]["one ring"] < 0.12
+    assert rows["far"]["one ring"] > 0.3  # far pairs sit near the border: the bound finds it
+    assert rows["mid"]["both rings, each alone"] < 0.45
+    with pytest.raises(ValueError, match="count"):
+        sc.position_bound(112, count=0)
+
+
 def test_describe_names_every_class_and_its_evidence():
     text = SynthClick.describe()
     for name in SynthClick.classes:
@@ -413,13 +443,17 @@ def test_show_examples_draws_a_grid():
     matplotlib.pyplot.close("all")
 
 
-def test_factor_accuracy_splits_a_confusion_matrix_into_span_and_relation():
+def test_factor_accuracy_splits_a_confusion_matrix_into_factors_and_spans():
     from dcls_lib.data.synthclick import factor_accuracy
 
     confusion = np.zeros((12, 12), dtype=int)
     for label in range(12):
-        confusion[label, (label // 4) * 4] = 10  # span always right, relation always "different"
+        confusion[label, (label // 4) * 4] = 10  # span always right, orientation always 0 degrees
+    confusion[8:, :] = 0
+    for label in range(8, 12):
+        confusion[label, label] = 10  # far classes all right
     result = factor_accuracy(confusion)
-    assert result["span"] == 1.0 and result["relation"] == 0.25
+    assert result["span"] == 1.0 and result["orientation"] == pytest.approx((2 + 4) / 12)
+    assert (result["near"], result["mid"], result["far"]) == (0.25, 0.25, 1.0)
     with pytest.raises(ValueError, match="12x12"):
         factor_accuracy(np.zeros((3, 3)))

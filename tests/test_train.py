@@ -124,7 +124,7 @@ def test_bad_configurations_name_the_field():
 
 
 def test_a_run_resumes_after_an_interruption_and_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
-    config = profile_config("smoke", family="convnext", variant="dcls", epochs=2)
+    config = profile_config("smoke", family="convnext", variant="dcls", epochs=2, curve_points=1)
     whole = train(config, tmp_path / "whole", progress=False)
 
     real = training.evaluate_accuracy
@@ -160,6 +160,29 @@ def test_a_run_resumes_after_an_interruption_and_ends_where_an_uninterrupted_one
     assert any(moved), "training moves the positions"
 
 
+def test_a_finished_run_is_loaded_without_generating_its_data(tmp_path, monkeypatch):
+    config = profile_config("smoke", family="resnet", variant="baseline", epochs=1)
+    first = train(config, tmp_path, progress=False)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished run generated its training data again")
+
+    monkeypatch.setattr(training, "synthclick_tensors", no_data)
+    again = train(config, tmp_path, progress=False)
+    assert again.log == first.log and not again.model.training
+
+
+def test_the_training_curve_has_points_within_each_epoch():
+    config = profile_config("smoke", family="resnet", variant="baseline", train_size=64, batch_size=8, epochs=2,
+                            curve_points=4, curve_val_size=8)
+    log = train(config, progress=False).log
+    assert [p["epoch"] for p in log["curve"]] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    ends = [p for p in log["curve"] if float(p["epoch"]).is_integer()]
+    assert [p["val_acc"] for p in ends] == [e["val_acc"] for e in log["epochs"]], "an epoch ends on the full set"
+    assert all(0 <= p["train_acc"] <= 1 and p["train_loss"] > 0 for p in log["curve"])
+    assert training.curve_step_numbers(3, 10) == [1, 2, 3], "never more points than steps"
+
+
 def test_a_folder_of_another_configuration_is_refused(tmp_path):
     train(profile_config("smoke", family="convnext", variant="baseline", epochs=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another configuration"):
@@ -168,7 +191,7 @@ def test_a_folder_of_another_configuration_is_refused(tmp_path):
 
 def test_training_learns_the_training_images():
     """Memorising a few images is the least a working loop does: training loss falls epoch by epoch."""
-    config = profile_config("smoke", family="resnet", variant="baseline", train_size=32, epochs=8, batch_size=16,
+    config = profile_config("smoke", family="resnet", variant="baseline", train_size=32, epochs=12, batch_size=16,
                             lr=3e-3)
     losses = [e["train_loss"] for e in train(config, progress=False).log["epochs"]]
     assert losses[-1] < 0.8 * losses[0], losses

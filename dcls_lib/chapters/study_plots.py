@@ -16,12 +16,12 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from ..cam import StudyCAM
-from ..data.synthclick import CLASSES, RELATIONS, SPANS, SynthClick, factor_accuracy
+from ..data.synthclick import CLASSES, ORIENTATIONS, SPANS, SynthClick, factor_accuracy
 from ..evaluate import PixelNormalize
 from ..metrics import spearman
 from ..models import cam_target, parameter_count
 from ..cam import EXPLAINERS
-from ..study import StudyResults
+from ..study import StudyResults, paired_difference_rows
 from ..train import load_positions, load_run
 from .heatmap_plots import METHOD_NAMES, plot_heatmap_grid
 
@@ -29,17 +29,19 @@ VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab
 
 
 def training_curves(results: StudyResults) -> plt.Figure:
-    """Training loss and validation accuracy per epoch, one colour per variant, a row per family."""
+    """Training loss and validation accuracy along training (the log's curve: several points per
+    epoch), one colour per variant, a row per family."""
     families = list(dict.fromkeys(r["family"] for r in results.rows))
     fig, axes = plt.subplots(len(families), 2, figsize=(10, 3.2 * len(families)), squeeze=False)
     for row, family in zip(axes, families):
         for entry in (r for r in results.rows if r["family"] == family):
             log = load_run_log(results, entry)
-            epochs = [e["epoch"] for e in log["epochs"]]
-            style = dict(color=VARIANT_COLOURS[entry["variant"]], marker="o", alpha=0.85,
-                         label=entry["variant"] if entry["seed"] == results.plan.seeds[0] else None)
-            row[0].plot(epochs, [e["train_loss"] for e in log["epochs"]], **style)
-            row[1].plot(epochs, [e["val_acc"] for e in log["epochs"]], **style)
+            points = log.get("curve") or log["epochs"]  # runs logged before the curve: one point per epoch
+            epochs = [p["epoch"] for p in points]
+            style = dict(color=VARIANT_COLOURS[entry["variant"]], marker=".", alpha=0.85,
+                         label=entry["variant"] if entry["seed"] == results.plan.seeds_of(family)[0] else None)
+            row[0].plot(epochs, [p["train_loss"] for p in points], **style)
+            row[1].plot(epochs, [p["val_acc"] for p in points], **style)
         row[0].set(title=f"{family}: training loss", xlabel="epoch", ylabel="cross-entropy")
         row[1].axhline(1 / len(CLASSES), color="black", lw=0.8, ls=":", label="chance")
         row[1].set(title=f"{family}: validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
@@ -66,7 +68,8 @@ def accuracy_rows(results: StudyResults) -> list[dict]:
             "family": entry["family"], "variant": entry["variant"], "seed": entry["seed"],
             "test accuracy": f"{entry['test_acc']:.1%}",
             f"span ({len(SPANS)} ways)": f"{factors['span']:.1%}",
-            f"relation ({len(RELATIONS)} ways)": f"{factors['relation']:.1%}",
+            f"orientation ({len(ORIENTATIONS)} ways)": f"{factors['orientation']:.1%}",
+            **{f"{span} classes": f"{factors[span]:.1%}" for span in SPANS},
             "parameters": f"{parameter_count(run.model):,}",
             "training": f"{seconds / 60:.1f} min ({images / seconds:.0f} images/s)",
         })
@@ -154,28 +157,10 @@ def per_image_scores(results: StudyResults, explainer: str) -> dict[tuple[str, s
     return scores
 
 
-def paired_differences(results: StudyResults, explainer: str, against: str = "baseline", variant: str = "dcls",
-                       resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """Per family: the mean per-image difference in Spearman (``variant`` - ``against``) over the same
-    images and seeds, its bootstrap 95% interval, and the share of images where ``variant`` is higher."""
-    scores = per_image_scores(results, explainer)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for family in dict.fromkeys(r["family"] for r in results.rows):
-        differences = []
-        for s in results.plan.seeds:
-            a, b = scores.get((family, against, s)), scores.get((family, variant, s))
-            if a is None or b is None:
-                continue
-            differences += [b[i] - a[i] for i in a.keys() & b.keys()]
-        if not differences:
-            continue
-        d = np.asarray(differences)
-        boot = rng.choice(d, size=(resamples, len(d))).mean(1)
-        low, high = np.percentile(boot, [2.5, 97.5])
-        rows.append({"family": family, "images": len(d), "mean difference": f"{d.mean():+.3f}",
-                     "95% interval": f"[{low:+.3f}, {high:+.3f}]", f"{variant} higher on": f"{(d > 0).mean():.0%}"})
-    return rows
+def paired_differences(results: StudyResults, explainer: str, against: str = "baseline", variant: str = "dcls") -> list[dict]:
+    """Per family: the paired per-image difference in alignment with its bootstrap interval over
+    seeds and images (:func:`dcls_lib.study.paired_difference_rows`)."""
+    return paired_difference_rows(results, explainer, variant=variant, against=against)
 
 
 def score_distributions(results: StudyResults) -> plt.Figure:
@@ -214,3 +199,67 @@ def example_heatmaps(results: StudyResults, images: torch.Tensor, labels: torch.
     fig = plot_heatmap_grid(images, human, rows, scores, column_titles=[CLASSES[int(c)] for c in labels])
     fig.suptitle(METHOD_NAMES[explainer], fontsize=10, y=1.01)
     return fig
+
+
+def variant_rows(plan) -> list[dict]:
+    """Per family and variant of a study plan: parameters and convolutions of the untrained model."""
+    from ..models.small import create_small_model
+
+    rows = []
+    for family in plan.families:
+        config = next(c for c in plan.configs() if c.family == family)
+        for variant in plan.variants:
+            model = create_small_model(family, variant, width=config.width)
+            convs = sum(type(m).__name__ in ("Conv2d", "Dcls2d") for m in model.modules())
+            rows.append({"family": family, "variant": variant, "width": config.width,
+                         "parameters": f"{parameter_count(model):,}", "convolutions": convs})
+    return rows
+
+
+def param_group_rows(model: torch.nn.Module, config) -> list[dict]:
+    """The optimiser groups the DCLS recipe gives ``model`` under ``config``'s learning rates."""
+    from ..recipe import param_groups
+
+    groups = param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)
+    return [{"group": g["name"], "tensors": len(g["params"]),
+             "numbers": f"{sum(p.numel() for p in g['params']):,}",
+             "learning rate": f"{g['lr']:.0e}", "weight decay": g["weight_decay"]} for g in groups]
+
+
+def near_chance(results: StudyResults, factor: float = 2.0) -> list[str]:
+    """The (family-variant-seed) runs whose test accuracy is below ``factor`` times chance: runs
+    that have not learned the task, whose heatmaps are no evidence."""
+    chance = 1 / len(CLASSES)
+    return [f"{r['family']}-{r['variant']}-seed{r['seed']}" for r in results.rows
+            if r.get("test_acc") is not None and r["test_acc"] < factor * chance]
+
+
+def finding_text(results: StudyResults) -> str:
+    """One sentence of what the study found in this build: the claim's count per explainer, and
+    which runs did not learn the task (the front page quotes it)."""
+    from ..study import claim_counts
+
+    counts = "; ".join(f"{METHOD_NAMES[c['explainer']]}: {c['families rose']} of {c['families']} "
+                       f"families ({c['runs rose']} of {c['runs']} runs)" for c in claim_counts(results.rows))
+    failed = near_chance(results)
+    learned = (f"{len(failed)} of {len(results.rows)} runs stayed below twice chance accuracy, so their "
+               "heatmaps are no evidence" if failed else "every run learned the task (accuracy above twice chance)")
+    return f"DCLS raised the alignment score in {counts}; {learned}."
+
+
+def kept_gpu_study(folder: str = "results/study-gpu"):
+    """The gpu-profile study committed under ``folder`` (relative to the repository), or None."""
+    from pathlib import Path
+
+    from ..study import load_study
+
+    path = Path(__file__).resolve().parents[2] / folder
+    if not (path / "study.json").is_file():
+        return None
+    return load_study(path)
+
+
+def study_label(study: StudyResults) -> str:
+    """What ran a saved study: device, profile, commit and date, from its run information."""
+    info = study.info
+    return f"Computed on {info['device']}, profile {study.plan.profile}, commit {info['commit']}, {info['date']}"

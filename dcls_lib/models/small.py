@@ -10,6 +10,12 @@ published models:
   shared per stage, the published dilated size, taps and interpolation, unless overridden).
 
 ``width`` is the first stage's channel count; later stages double it.
+
+Total stride 16, not the published 32: each family's stem downsamples by 2 where the published one
+downsamples by 4 (ResNet's first convolution at stride 1, before its max-pool; ConvNeXt's patchify stem 2x2 instead of 4x4; ConvFormer's
+stem convolution at stride 2; FastViT's second stem block at stride 1).  So a 112-pixel SynthClick
+image gives the last stage, where Grad-CAM looks, 7x7 cells, as the study's 224 pixels do at stride
+32, at a quarter of the pixels to generate and keep; the stages themselves are timm's.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Callable, Optional
 
 import timm
 from torch import nn
+from timm.layers import trunc_normal_
+from timm.models.fastvit import MobileOneBlock
 from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, SepConv
 from timm.models.resnet import BasicBlock, ResNet
 
@@ -31,23 +39,39 @@ def _widths(width: int) -> tuple[int, int, int, int]:
     return (width, 2 * width, 4 * width, 8 * width)
 
 
+def _stem_conv(in_channels: int, out_channels: int, kernel_size: int, padding: int) -> nn.Conv2d:
+    """A stride-2 stem convolution, initialised as the family initialises its own (trunc-normal, std 0.02)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=2, padding=padding)
+    trunc_normal_(conv.weight, std=0.02)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _resnet(num_classes: int, width: int) -> nn.Module:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, channels=_widths(width), stem_width=width // 2)
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, channels=_widths(width), stem_width=width // 2)
+    model.conv1.stride = (1, 1)  # stem stride 2: the max-pool only (without it the ResNet learns far slower)
+    return model
 
 
 def _convnext(num_classes: int, width: int) -> nn.Module:
-    return timm.create_model("convnext_atto", num_classes=num_classes, dims=_widths(width), depths=(1, 1, 3, 1))
+    model = timm.create_model("convnext_atto", num_classes=num_classes, dims=_widths(width), depths=(1, 1, 3, 1))
+    model.stem[0] = _stem_conv(3, width, kernel_size=2, padding=0)  # patchify 2x2 (timm's patch_size=2 adds a stride-2 stage)
+    return model
 
 
 def _fastvit(num_classes: int, width: int) -> nn.Module:
-    return timm.create_model("fastvit_sa12", num_classes=num_classes, embed_dims=_widths(width), layers=(1, 1, 2, 1))
+    model = timm.create_model("fastvit_sa12", num_classes=num_classes, embed_dims=_widths(width), layers=(1, 1, 2, 1))
+    model.stem[1] = MobileOneBlock(width, width, kernel_size=3, stride=1, group_size=1, act_layer=nn.GELU)
+    return model
 
 
 def _convformer(num_classes: int, width: int) -> nn.Module:
-    return MetaFormer(
+    model = MetaFormer(
         depths=(1, 1, 3, 1), dims=_widths(width), token_mixers=SepConv, norm_layers=LayerNorm2dNoBias,
         num_classes=num_classes,
     )
+    model.stem.conv = _stem_conv(3, width, kernel_size=7, padding=3)
+    return model
 
 
 SMALL_FAMILIES: dict[str, Callable[[int, int], nn.Module]] = {

@@ -1,0 +1,65 @@
+"""Guard against the silent "stays at chance" failure: each small family, as the study trains it,
+learns a small version of SynthClick (near against far pairs, one orientation) well above chance.
+
+What was measured when these were written (issue 13): in 150 steps of 32 images at 64 px, the ResNet
+reaches about 0.80 on held-out images and FastViT about 0.68, while ConvNeXt and ConvFormer stay at
+chance (about 0.5); on the full task ConvNeXt needs about three times the ResNet's steps.  The two
+that stay at chance are marked as expected failures, strict, so that the day they learn this test
+says so."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcls_lib.data.synthclick import CLASSES, SynthClick
+from dcls_lib.models.small import SMALL_FAMILIES, create_small_model
+from dcls_lib.recipe import param_groups
+from dcls_lib.train import _normalize, warmup_cosine
+
+PAIR = (CLASSES.index("near, 0 deg"), CLASSES.index("far, 0 deg"))
+SLOW = {
+    "convnext": pytest.mark.xfail(strict=True, reason="stays at chance in 150 steps (issue 13: learns ~3x slower)"),
+    "convformer": pytest.mark.xfail(strict=True, reason="stays at chance in 150 steps (issue 13)"),
+    "fastvit": pytest.mark.xfail(strict=False, reason="about 0.68 in 150 steps, at the threshold (issue 13)"),
+}
+
+
+def _pair_split(split: str, per_class: int):
+    """``per_class`` images of each class of PAIR at 64 px, labels 0 and 1."""
+    dataset = SynthClick(split, 64, seed=0, size=per_class * len(CLASSES))
+    indices = [i for i in range(len(dataset)) if dataset.label_of(i) in PAIR]
+    images, labels, _ = dataset.batch(indices)
+    return images, (labels == PAIR[1]).long()
+
+
+@pytest.fixture(scope="module")
+def pair_data():
+    return _pair_split("train", 1000), _pair_split("val", 64)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=SLOW.get(f, ())) for f in sorted(SMALL_FAMILIES)])
+def test_each_family_learns_a_small_version_of_the_task(family, pair_data):
+    (images, labels), (val_images, val_labels) = pair_data
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions on a shared machine
+    try:
+        torch.manual_seed(0)
+        model = create_small_model(family, "baseline", num_classes=2, width=8)
+        optimizer = torch.optim.AdamW(param_groups(model, 2e-3, 0.05, 5.0))
+        steps = 150
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(10, steps))
+        order = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            batch = torch.randint(len(labels), (32,), generator=order)
+            loss = F.cross_entropy(model(_normalize(images[batch])), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(_normalize(val_images)).argmax(1) == val_labels).float().mean().item()
+    finally:
+        torch.set_num_threads(threads)
+    # chance 0.5; 128 held-out images: sd 0.044 at chance, so 0.7 is 4.5 sd above it
+    assert accuracy >= 0.7, f"{family} stays near chance: {accuracy:.3f} on held-out images"
