@@ -34,6 +34,8 @@ bench: env
 	$(BIN)/python benchmarks/layer_memory.py
 	$(BIN)/python benchmarks/layer_speed.py
 	$(BIN)/python benchmarks/evaluation_speed.py
+	$(BIN)/python benchmarks/model_speed.py --models convnext_tiny
+	$(BIN)/python benchmarks/sanity_speed.py
 
 clean:
 	rm -rf $(VENV) book/_build book/_vendor book/node_modules .pytest_cache
