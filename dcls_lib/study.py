@@ -73,9 +73,9 @@ class StudyPlan:
 ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
 PLANS = {
     "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
-    # the book on 2 cores: three seeds for the two families that learn fastest, one for the others
-    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0, 1, 2), family_seeds={"fastvit": (0,), "convformer": (0,)},
-                     test_size=240),
+    # the book on 2 cores: one seed per family, until a run costs less (issue 13: 3 seeds for ResNet and
+    # ConvNeXt are asked for; a ResNet run at 112 px and total stride 16 takes many minutes on 2 cores)
+    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), test_size=240),
     "gpu": StudyPlan("gpu", families=ALL_FAMILIES, seeds=(0, 1, 2), test_size=2400),
 }
 

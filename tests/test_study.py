@@ -45,7 +45,8 @@ def test_plans_train_the_three_variants():
     assert len(PLANS["gpu"].seeds) >= 3, "the full profile reports a spread over seeds"
     cpu = PLANS["cpu"]
     assert set(cpu.families) == {"resnet", "convnext", "fastvit", "convformer"}
-    assert len(cpu.seeds_of("resnet")) >= 3 and len(cpu.seeds_of("convnext")) >= 3
+    # one seed per family on 2 cores until a run is cheap enough for three (issue 13)
+    assert all(len(cpu.seeds_of(f)) >= 1 for f in cpu.families)
     runs = [(c.family, c.variant, c.seed) for c in cpu.configs()]
     assert len(runs) == len(set(runs)) == sum(3 * len(cpu.seeds_of(f)) for f in cpu.families)
 
