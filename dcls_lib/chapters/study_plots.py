@@ -70,7 +70,6 @@ def accuracy_rows(results: StudyResults) -> list[dict]:
             f"span ({len(SPANS)} ways)": f"{factors['span']:.1%}",
             f"orientation ({len(ORIENTATIONS)} ways)": f"{factors['orientation']:.1%}",
             **{f"{span} classes": f"{factors[span]:.1%}" for span in SPANS},
-            "parameters": f"{parameter_count(run.model):,}",
             "training": f"{seconds / 60:.1f} min ({images / seconds:.0f} images/s)",
         })
     return rows
@@ -263,3 +262,8 @@ def study_label(study: StudyResults) -> str:
     """What ran a saved study: device, profile, commit and date, from its run information."""
     info = study.info
     return f"Computed on {info['device']}, profile {study.plan.profile}, commit {info['commit']}, {info['date']}"
+
+
+def percent_rows(rows: list[dict]) -> list[dict]:
+    """Rows with their fractions (accuracies, bounds, chance) written as percentages, for a table."""
+    return [{k: f"{v:.1%}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
