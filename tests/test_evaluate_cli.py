@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -26,29 +25,17 @@ from authors_layouts import (
     resnet50_layout,
     timm_training_checkpoint,
 )
+from test_evaluate import shard_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 T = ((3, 3, 9, 3), (96, 192, 384, 768))
 FAST = ["--limit", "1", "--batch-size", "1", "--image-size", "64", "--no-progress"]
 
 
-def samples(count, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        coarse = torch.from_numpy(rng.integers(0, 256, (1, 3, 8, 8)).astype(np.float32))
-        image = torch.nn.functional.interpolate(coarse, size=(256, 256), mode="bilinear")[0].permute(1, 2, 0)
-        heat = np.zeros((256, 256), np.uint8)
-        r, c = rng.integers(40, 216, 2)
-        heat[r - 40 : r + 40, c - 40 : c + 40] = 255
-        out.append((image.round().byte().numpy(), heat, int(rng.integers(0, 1000))))
-    return out
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clickme")
-    write_clickme_shard(folder / "val-0.tfrecords", samples(3))
+    write_clickme_shard(folder / "val-0.tfrecords", shard_samples(3, seed=0))
     return folder
 
 
