@@ -39,7 +39,6 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from .progress import progress_bar
 
 from .cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM
 from .data.tfrecords import TFRecordError
@@ -52,6 +51,7 @@ from .metrics import (
     spearman,
     top_fraction_overlap,
 )
+from .progress import progress_bar
 from .runtime import device_name, resolve_device, run_info
 from .sanity.checks import SANITY_METRICS, model_checks, parse_metrics
 from .transforms import PixelNormalize

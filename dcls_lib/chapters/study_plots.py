@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -15,14 +16,15 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from ..cam import StudyCAM
+from ..cam import EXPLAINERS, StudyCAM
 from ..data.synthclick import CLASSES, ORIENTATIONS, SPANS, SynthClick, factor_accuracy
-from ..evaluate import PixelNormalize
 from ..metrics import spearman
 from ..models import cam_target, parameter_count
-from ..cam import EXPLAINERS
-from ..study import StudyResults, paired_difference_rows
+from ..models.small import create_small_model
+from ..recipe import param_groups
+from ..study import StudyResults, claim_counts, load_study, paired_difference_rows
 from ..train import load_positions, load_run
+from ..transforms import PixelNormalize
 from .heatmap_plots import METHOD_NAMES, plot_heatmap_grid
 
 VARIANT_COLOURS = {"baseline": "tab:grey", "dilated": "tab:orange", "dcls": "tab:blue"}
@@ -202,8 +204,6 @@ def example_heatmaps(results: StudyResults, images: torch.Tensor, labels: torch.
 
 def variant_rows(plan) -> list[dict]:
     """Per family and variant of a study plan: parameters and convolutions of the untrained model."""
-    from ..models.small import create_small_model
-
     rows = []
     for family in plan.families:
         config = next(c for c in plan.configs() if c.family == family)
@@ -217,8 +217,6 @@ def variant_rows(plan) -> list[dict]:
 
 def param_group_rows(model: torch.nn.Module, config) -> list[dict]:
     """The optimiser groups the DCLS recipe gives ``model`` under ``config``'s learning rates."""
-    from ..recipe import param_groups
-
     groups = param_groups(model, config.lr, config.weight_decay, config.position_lr_scale)
     return [{"group": g["name"], "tensors": len(g["params"]),
              "numbers": f"{sum(p.numel() for p in g['params']):,}",
@@ -236,8 +234,6 @@ def near_chance(results: StudyResults, factor: float = 2.0) -> list[str]:
 def finding_text(results: StudyResults) -> str:
     """One sentence of what the study found in this build: the claim's count per explainer, and
     which runs did not learn the task (the front page quotes it)."""
-    from ..study import claim_counts
-
     counts = "; ".join(f"{METHOD_NAMES[c['explainer']]}: {c['families rose']} of {c['families']} "
                        f"families ({c['runs rose']} of {c['runs']} runs)" for c in claim_counts(results.rows))
     failed = near_chance(results)
@@ -248,10 +244,6 @@ def finding_text(results: StudyResults) -> str:
 
 def kept_gpu_study(folder: str = "results/study-gpu"):
     """The gpu-profile study committed under ``folder`` (relative to the repository), or None."""
-    from pathlib import Path
-
-    from ..study import load_study
-
     path = Path(__file__).resolve().parents[2] / folder
     if not (path / "study.json").is_file():
         return None
