@@ -9,7 +9,7 @@ and share removed, so both run on a sample, said in their tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..data.items import stack_items
 from ..validation import check_positive_int
 from .faithfulness import RoadResult, road
-from .randomisation import MapSource, RandomisationResult, _module_name, parameter_randomisation, study_map
+from .randomisation import RandomisationResult, RandomisationSettings, parameter_randomisation, study_map
 
 SANITY_METRICS = ("randomisation", "road")
 METRICS = ("alignment", *SANITY_METRICS)
@@ -77,29 +77,26 @@ def model_checks(
     metrics: Sequence[str],
     *,
     explainer: str,
-    threshold: float,
     count: int = 32,
-    preprocess: Optional[Callable[[Tensor], Tensor]] = None,
-    reshape_transform: Optional[Callable] = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    device=None,
+    settings: Optional[RandomisationSettings] = None,
+    **options,
 ) -> ModelChecks:
-    """Run the sanity checks named in ``metrics`` ("randomisation", "road") on the first ``count`` items."""
+    """Run the sanity checks named in ``metrics`` ("randomisation", "road") of the ``explainer`` map on the
+    first ``count`` items; ``settings`` and ``options`` as :func:`~dcls_lib.sanity.parameter_randomisation` takes them."""
+    settings = RandomisationSettings.of(settings, **options)
     images, labels, _ = first_items(dataset, count)
     randomisation = None
     if "randomisation" in metrics:
-        randomisation = parameter_randomisation(
-            model, target_layer, images, labels, explainers=(explainer,), threshold=threshold,
-            preprocess=preprocess, reshape_transform=reshape_transform, seed=seed, batch_size=batch_size, device=device,
-        )
+        randomisation = parameter_randomisation(model, target_layer, images, labels, explainers=(explainer,),
+                                                settings=settings)
     faithfulness = None
     if "road" in metrics:
-        source = MapSource(_module_name(model, target_layer), images, labels, {explainer: study_map(explainer, threshold)},
-                           preprocess=preprocess, reshape_transform=reshape_transform, batch_size=batch_size, device=device)
+        source = settings.map_source(model, target_layer, images, labels,
+                                     {explainer: study_map(explainer, settings.threshold)})
         maps = source(model)[explainer].cpu()
         # ROAD's imputation noise leaves pixels a little outside [0, 1], which an image transform may refuse
+        preprocess = settings.preprocess
         clipped = None if preprocess is None else (lambda x: preprocess(x.clamp(0.0, 1.0)))
-        faithfulness = road(model, images, maps, labels, preprocess=clipped, seed=seed, batch_size=batch_size,
-                            device=device)
+        faithfulness = road(model, images, maps, labels, preprocess=clipped, seed=settings.seed,
+                            batch_size=settings.batch_size, device=settings.device)
     return ModelChecks(len(images), randomisation, faithfulness)

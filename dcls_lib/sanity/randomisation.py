@@ -25,9 +25,10 @@ re-initialised with it, and so changes for those layers too; rows count such par
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ from ..cam import DEFAULT_THRESHOLD, EXPLAINERS, StudyCAM, _check_threshold, met
 from ..heatmaps import LayerTensors, layer_tensors
 from ..metrics import spearman
 from ..tables import table_text
+from ..validation import check_positive_int
 from .replay import recording, replayable, replaying
 from .spread import DEFAULT_RESAMPLES, spread_text, summarise
 
@@ -180,6 +182,49 @@ class MapSource:
         return {name: fn(tensors, images, slice(0, len(images))) for name, fn in self.functions.items()}
 
 
+@dataclass(frozen=True)
+class RandomisationSettings:
+    """How the randomisation test runs, apart from the maps it tests: one object that
+    :func:`parameter_randomisation` takes and :func:`~dcls_lib.sanity.report.sanity_report` passes on.
+
+    ``layers``: module names, top first (default :func:`randomisation_layers`).  ``preprocess`` turns
+    images into the model's input.  ``constant`` decides what a pair with a constant map counts for
+    in the mean (:mod:`dcls_lib.sanity.spread`); each row also counts such pairs.  ``seed`` seeds
+    the re-initialised layers and the bootstrap.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    modes: Sequence[str] = MODES
+    layers: Optional[Sequence[str]] = None
+    preprocess: Optional[Callable[[Tensor], Tensor]] = None
+    reshape_transform: Optional[Callable[[Tensor], Tensor]] = None
+    constant: str = "zero"
+    seed: int = 0
+    resamples: int = DEFAULT_RESAMPLES
+    batch_size: int = 64
+    device: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modes, str) or not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"modes must be a non-empty list from {MODES}, got {self.modes!r}")
+        check_positive_int(batch_size=self.batch_size)
+
+    @classmethod
+    def of(cls, settings: Optional["RandomisationSettings"] = None, **options) -> "RandomisationSettings":
+        """``settings`` (default: the defaults) with the fields named in ``options`` replaced."""
+        return dataclasses.replace(settings if settings is not None else cls(), **options)
+
+    def model_input(self, images: Tensor) -> Tensor:
+        """Images as the model takes them: through ``preprocess`` where there is one."""
+        return self.preprocess(images) if self.preprocess is not None else images
+
+    def map_source(self, model: nn.Module, target_layer: nn.Module, images: Tensor, labels: Tensor,
+                   functions: Mapping[str, MapFunction]) -> MapSource:
+        """A :class:`MapSource` of ``functions`` at ``target_layer``, batched and placed as these settings say."""
+        return MapSource(_module_name(model, target_layer), images, labels, functions, preprocess=self.preprocess,
+                         reshape_transform=self.reshape_transform, batch_size=self.batch_size, device=self.device)
+
+
 @dataclass
 class RandomisationResult:
     """Per-image Spearman correlations between trained and randomised maps, and their summary rows.
@@ -231,21 +276,14 @@ def parameter_randomisation(
     labels,
     *,
     explainers: Union[Sequence[str], Mapping[str, MapFunction]] = EXPLAINERS,
-    threshold: float = DEFAULT_THRESHOLD,
-    modes: Sequence[str] = MODES,
-    layers: Optional[Sequence[str]] = None,
-    preprocess: Optional[Callable[[Tensor], Tensor]] = None,
-    reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
-    constant: str = "zero",
-    seed: int = 0,
-    resamples: int = DEFAULT_RESAMPLES,
-    batch_size: int = 64,
-    device=None,
+    settings: Optional[RandomisationSettings] = None,
+    **options,
 ) -> RandomisationResult:
     """The randomisation test of ``model``'s maps at ``target_layer`` on ``images`` (N, 3, H, W) in [0, 1].
 
-    ``labels``: the class explained per image.  ``layers``: module names, top first (default
-    :func:`randomisation_layers`).  ``preprocess`` turns images into the model's input.
+    ``labels``: the class explained per image.  How it runs: ``settings`` (a
+    :class:`RandomisationSettings`), with any of its fields given as keywords (``layers=``,
+    ``preprocess=``, ``batch_size=`` ...) taking their place.
 
     Cost.  Batch by batch: the trained model's maps, then, for every step, the randomised weights
     are loaded into one working copy (each layer's re-initialised state is drawn once), and the
@@ -253,38 +291,32 @@ def parameter_randomisation(
     (:mod:`dcls_lib.sanity.replay`) instead of recomputing them: only the randomised part and what
     follows it run, then a backward through the head.  Each step's maps are correlated with the
     trained ones in one batched Spearman call.  ``model`` itself is never modified.
-
-    ``constant`` decides what a pair with a constant map counts for in the mean
-    (:mod:`dcls_lib.sanity.spread`); each row also counts such pairs.
     """
+    settings = RandomisationSettings.of(settings, **options)
     labels = _check_images(images, labels)
-    functions = map_functions(explainers, threshold)
-    if isinstance(modes, str) or not modes or any(m not in MODES for m in modes):
-        raise ValueError(f"modes must be a non-empty list from {MODES}, got {modes!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    order = randomisation_layers(model) if layers is None else _check_layers(model, layers)
+    functions = map_functions(explainers, settings.threshold)
+    order = randomisation_layers(model) if settings.layers is None else _check_layers(model, settings.layers)
     target_name = _module_name(model, target_layer)
     counts = {name: parameter_counts(model, name) for name in order}
     work = copy.deepcopy(model).eval()
-    device = torch.device(device) if device is not None else next(work.parameters()).device
+    device = torch.device(settings.device) if settings.device is not None else next(work.parameters()).device
     work.to(device)
     modules = {name: work.get_submodule(name) for name in order}
-    trained_states, random_states = _layer_states(work, order, seed)
+    trained_states, random_states = _layer_states(work, order, settings.seed)
     glue = _glue(work, order)
     parameters = {name: {id(p) for p in module.parameters()} for name, module in {**modules, **glue}.items()}
-    steps = [("cascading", k, order[:k + 1]) for k in range(len(order)) if "cascading" in modes]
-    steps += [("independent", k, [order[k]]) for k in range(len(order)) if "independent" in modes]
-    cam = StudyCAM(work, work.get_submodule(target_name), reshape_transform)
+    steps = [("cascading", k, order[:k + 1]) for k in range(len(order)) if "cascading" in settings.modes]
+    steps += [("independent", k, [order[k]]) for k in range(len(order)) if "independent" in settings.modes]
+    cam = StudyCAM(work, work.get_submodule(target_name), settings.reshape_transform)
     watched = {**modules, **glue, target_name: work.get_submodule(target_name)}
     per_batch: dict[tuple[str, str, str], list[Tensor]] = {}
 
     def maps_of(batch: Tensor, labels_batch: Tensor, index: slice) -> dict[str, Tensor]:
-        tensors = LayerTensors(*cam.layer_tensors(preprocess(batch) if preprocess is not None else batch, labels_batch))
+        tensors = LayerTensors(*cam.layer_tensors(settings.model_input(batch), labels_batch))
         return {name: fn(tensors, batch, index) for name, fn in functions.items()}
 
-    for start in range(0, images.shape[0], batch_size):
-        index = slice(start, start + batch_size)
+    for start in range(0, images.shape[0], settings.batch_size):
+        index = slice(start, start + settings.batch_size)
         batch, labels_batch = images[index].to(device).float(), labels[index].to(device)
         with recording(watched) as record:
             trained = maps_of(batch, labels_batch, index)
@@ -307,10 +339,10 @@ def parameter_randomisation(
         for explainer in functions:
             rho = correlations[mode, name, explainer] = torch.cat(per_batch[mode, name, explainer])
             rows.append({"mode": mode, "step": k + 1, "layer": name, "explainer": explainer,
-                         **summarise(rho, constant=constant, resamples=resamples, seed=seed),
+                         **summarise(rho, constant=settings.constant, resamples=settings.resamples, seed=settings.seed),
                          "params reset": counts[name].reset, "params kept": counts[name].kept,
                          "params shared": counts[name].shared})
-    return RandomisationResult(correlations, rows, order, float(threshold), constant, counts)
+    return RandomisationResult(correlations, rows, order, float(settings.threshold), settings.constant, counts)
 
 
 def _glue(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:

@@ -16,7 +16,7 @@ Grad-CAM and Threshold-Grad-CAM should be the rows that both align and decorrela
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +27,14 @@ from ..metrics import HUMAN_CEILING, spearman
 from ..tables import table_text
 from .faithfulness import PERCENTILES, RoadResult, road
 from .randomisation import (
-    MODES,
-    MapSource,
     RandomisationResult,
+    RandomisationSettings,
     _check_images,
-    _module_name,
     explainer_label,
     parameter_randomisation,
     study_map,
 )
-from .spread import DEFAULT_RESAMPLES, spread_text, summarise
+from .spread import spread_text, summarise
 
 HUMAN = "human map"
 EDGES = "image edges"
@@ -108,51 +106,42 @@ def sanity_report(
     *,
     explainers: Sequence[str] = EXPLAINERS,
     references: bool = True,
-    threshold: float = DEFAULT_THRESHOLD,
-    modes: Sequence[str] = MODES,
-    layers: Optional[Sequence[str]] = None,
-    preprocess: Optional[Callable[[Tensor], Tensor]] = None,
-    reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
     road_images: Optional[int] = 16,
     road_percentiles: Sequence[float] = PERCENTILES,
-    constant: str = "zero",
     ceiling: float = HUMAN_CEILING,
-    seed: int = 0,
-    resamples: int = DEFAULT_RESAMPLES,
-    batch_size: int = 64,
-    device=None,
+    settings: Optional[RandomisationSettings] = None,
+    **options,
 ) -> SanityReport:
     """Alignment with ``human_maps`` (N, H, W), the randomisation test and ROAD for the study's maps
     and, with ``references``, the human maps and the images' edges (see the module docstring).
 
-    ROAD runs on the first ``road_images`` images (``None``: all): pytorch-grad-cam solves a sparse
-    system per image, removed share and direction, on the CPU, some seconds per image at 96 px
-    (``benchmarks/sanity_speed.py``), far more than the randomisation test costs.
+    ``settings`` (a :class:`~dcls_lib.sanity.randomisation.RandomisationSettings`, its fields
+    replaceable by keyword as in :func:`~dcls_lib.sanity.randomisation.parameter_randomisation`) run
+    the randomisation test; ROAD and the maps use their threshold, preprocessing, seed, batch size
+    and device.  ROAD runs on the first ``road_images`` images (``None``: all): pytorch-grad-cam
+    solves a sparse system per image, removed share and direction, on the CPU, some seconds per
+    image at 96 px (``benchmarks/sanity_speed.py``), far more than the randomisation test costs.
     """
+    settings = RandomisationSettings.of(settings, **options)
     labels = _check_images(images, labels)
     if not isinstance(human_maps, Tensor) or human_maps.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"human_maps must be (N, H, W) = {(images.shape[0], *images.shape[-2:])}, "
                          f"got {tuple(getattr(human_maps, 'shape', ()))}")
     if road_images is not None and (isinstance(road_images, bool) or not isinstance(road_images, int) or road_images < 0):
         raise ValueError(f"road_images must be a non-negative int or None, got {road_images!r}")
-    functions = {name: study_map(name, threshold) for name in explainers}
+    functions = {name: study_map(name, settings.threshold) for name in explainers}
     if references:
         functions[EDGES] = lambda tensors, batch, index: image_edges(batch)
         functions[HUMAN] = lambda tensors, batch, index: human_maps[index].to(batch.device).float()
-    source = MapSource(_module_name(model, target_layer), images, labels, functions, preprocess=preprocess,
-                       reshape_transform=reshape_transform, batch_size=batch_size, device=device)
-    trained = source(model)
+    trained = settings.map_source(model, target_layer, images, labels, functions)(model)
     human = human_maps.to(next(iter(trained.values())).device).float()
     human_spearman = {name: spearman(maps, human).cpu() for name, maps in trained.items()}
-    randomisation = parameter_randomisation(
-        model, target_layer, images, labels, explainers=functions, threshold=threshold, modes=modes, layers=layers,
-        preprocess=preprocess, reshape_transform=reshape_transform, constant=constant, seed=seed,
-        resamples=resamples, batch_size=batch_size, device=device,
-    )
+    randomisation = parameter_randomisation(model, target_layer, images, labels, explainers=functions, settings=settings)
     count = images.shape[0] if road_images is None else min(road_images, images.shape[0])
     faithfulness = {} if count == 0 else {
         name: road(model, images[:count], maps[:count].cpu(), labels[:count], percentiles=road_percentiles,
-                   preprocess=preprocess, seed=seed, batch_size=batch_size, device=device)
+                   preprocess=settings.preprocess, seed=settings.seed, batch_size=settings.batch_size,
+                   device=settings.device)
         for name, maps in trained.items()
     }
-    return SanityReport(human_spearman, randomisation, faithfulness, float(threshold), ceiling)
+    return SanityReport(human_spearman, randomisation, faithfulness, float(settings.threshold), ceiling)
