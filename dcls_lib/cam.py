@@ -23,7 +23,7 @@ averaging them and min-max normalises its map (with a 1e-7 guard) before resizin
 Both differences are positive affine maps of the study's map, and bilinear resizing commutes with
 them, so its maps rank pixels exactly as the study's do and give the same Spearman score (up to
 float rounding); only the values differ.  The library's "gradcam" is the study's definition
-(:func:`gradcam_map`, :class:`StudyGradCAM`): it is what the paper computed, it keeps the raw scale
+(:func:`explain`, :class:`StudyGradCAM`): it is what the paper computed, it keeps the raw scale
 (which tells a weak map from a strong one), and it runs on the model's device.  Use
 ``pytorch_grad_cam.GradCAM`` itself where its normalised [0, 1] maps are wanted for display.
 
@@ -116,29 +116,16 @@ def _principal_projection(terms: Tensor) -> Tensor:
     return torch.from_numpy(get_2d_projection(terms.detach().cpu().numpy())).to(terms.device)
 
 
-def gradcam_map(
-    activations: Tensor, gradients: Tensor, size: Optional[Sequence[int]] = None, eigen_smooth: bool = False
-) -> Tensor:
-    """The study's Grad-CAM: ``relu(mean_k alpha_k A_k)``, unnormalised, resized to ``size``; float32."""
-    _check_layer_tensors(activations, gradients, size)
-    terms = weighted_channels(activations.float(), gradients.float())
-    cam = _principal_projection(terms) if eigen_smooth else terms.mean(dim=1)
-    return resize_maps(torch.relu(cam), size)
-
-
-def threshold_gradcam_map(
-    activations: Tensor,
-    gradients: Tensor,
-    size: Optional[Sequence[int]] = None,
-    threshold: float = DEFAULT_THRESHOLD,
-    eigen_smooth: bool = False,
-) -> Tensor:
-    """Threshold-Grad-CAM: ``mean_k relu(alpha_k A_k)``, min-max per image, floored at ``threshold``, resized."""
-    threshold = _check_threshold(threshold)
-    _check_layer_tensors(activations, gradients, size)
-    terms = weighted_channels(activations.float(), gradients.float())
-    cam = _principal_projection(terms) if eigen_smooth else torch.relu(terms).mean(dim=1)
-    return resize_maps(minmax_normalize(cam).clamp_min(threshold), size)
+# What tells the two maps apart: how the weighted channels (B, C, *spatial) are reduced to one map
+# (B, *spatial), unless eigen_smooth projects them instead, and what is done to that map.
+_REDUCE = {
+    "gradcam": lambda terms: terms.mean(dim=1),
+    "threshold-gradcam": lambda terms: torch.relu(terms).mean(dim=1),
+}
+_FINISH = {
+    "gradcam": lambda cam, threshold: torch.relu(cam),
+    "threshold-gradcam": lambda cam, threshold: minmax_normalize(cam).clamp_min(threshold),
+}
 
 
 def explain(
@@ -149,12 +136,17 @@ def explain(
     threshold: float = DEFAULT_THRESHOLD,
     eigen_smooth: bool = False,
 ) -> Tensor:
-    """The map named ``explainer`` ("gradcam" or "threshold-gradcam") from a layer's activations and gradients."""
-    if explainer == "gradcam":
-        return gradcam_map(activations, gradients, size, eigen_smooth)
-    if explainer == "threshold-gradcam":
-        return threshold_gradcam_map(activations, gradients, size, threshold, eigen_smooth)
-    raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
+    """The map named ``explainer`` from a layer's activations and gradients, resized to ``size``; float32.
+
+    "gradcam": ``relu(mean_k alpha_k A_k)``, unnormalised.  "threshold-gradcam": ``mean_k relu(alpha_k
+    A_k)``, min-max per image, floored at ``threshold`` (which Grad-CAM does not use).
+    """
+    check_choice("explainer", explainer, EXPLAINERS)
+    threshold = _check_threshold(threshold)
+    _check_layer_tensors(activations, gradients, size)
+    terms = weighted_channels(activations.float(), gradients.float())
+    cam = _principal_projection(terms) if eigen_smooth else _REDUCE[explainer](terms)
+    return resize_maps(_FINISH[explainer](cam, threshold), size)
 
 
 class _StudyBaseCAM(BaseCAM):

@@ -9,7 +9,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from dcls_lib.cam import StudyCAM, StudyGradCAM, ThresholdGradCAM, threshold_gradcam_map
+from dcls_lib.cam import StudyCAM, StudyGradCAM, ThresholdGradCAM, explain
 from dcls_lib.metrics import spearman
 
 
@@ -114,7 +114,7 @@ def test_all_zero_map_is_defined():
     plain = StudyCAM(model, model.target, explainer="gradcam")(x, torch.tensor([0, 1]))
     assert torch.equal(plain, torch.zeros_like(plain))
     a = torch.zeros(1, 4, 3, 3)
-    assert torch.equal(threshold_gradcam_map(a, a, (6, 6)), torch.full((1, 6, 6), 0.3))
+    assert torch.equal(explain("threshold-gradcam", a, a, (6, 6)), torch.full((1, 6, 6), 0.3))
 
 
 def test_batch_equals_one_image_at_a_time():

@@ -9,6 +9,7 @@ import torch  # noqa: E402
 
 from dcls_lib.chapters.tap_player import (  # noqa: E402
     INTERPOLATIONS,
+    TapScene,
     frame_title,
     page_weight_kb,
     tap_frames,
@@ -32,7 +33,7 @@ def setting():
 @pytest.fixture(scope="module")
 def frames(setting):
     target, columns = setting
-    return tap_frames(SIZE, target, columns, POSITIONS, SIGMAS, "made here", dpi=20)
+    return tap_frames(TapScene(SIZE, target, columns, POSITIONS, "made here", dpi=20), SIGMAS)
 
 
 def test_the_player_offers_every_interpolation_the_chapter_explains():
@@ -83,4 +84,4 @@ def test_player_controls_switch_the_frames(setting):
     with pytest.raises(ValueError, match="initial_sigma 0.5 is not one of"):
         tap_player(SIZE, target, columns, POSITIONS, SIGMAS, "x", initial_sigma=0.5)
     with pytest.raises(ValueError, match="at least one position"):
-        tap_frames(SIZE, target, columns, [], SIGMAS, "x")
+        tap_frames(TapScene(SIZE, target, columns, [], "x"), SIGMAS)

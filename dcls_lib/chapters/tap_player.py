@@ -9,6 +9,7 @@ identical are stored once in the page.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from torch import Tensor
@@ -38,51 +39,45 @@ def frame_title(version: str, sigma: Optional[float]) -> str:
     return f"{version}: {name}, σ = {sigma:g}, width s = {width:g}"
 
 
-def tap_series(
-    version: str,
-    size: int,
-    target: Tensor,
-    columns: Tensor,
-    positions: Sequence[float],
-    sigma: Optional[float],
-    label: str,
-    dpi: int = 72,
-    colors: int = 64,
-) -> list[bytes]:
-    """One PNG frame per tap position for one interpolation and width; the loss curves are
-    sampled at ``columns``."""
-    landscape = (columns, *loss_landscape(version, size, columns, target, sigma=sigma))
+@dataclass(frozen=True)
+class TapScene:
+    """What every frame of the player shares: a ``size``-wide kernel fitted to ``target``, the loss
+    sampled at ``columns``, the tap ``positions`` drawn, the figures' ``label`` and PNG settings."""
+
+    size: int
+    target: Tensor
+    columns: Tensor
+    positions: Sequence[float]
+    label: str
+    dpi: int = 72
+    colors: int = 64
+
+
+def tap_series(scene: TapScene, version: str, sigma: Optional[float]) -> list[bytes]:
+    """One PNG frame per tap position for one interpolation and width."""
+    landscape = (scene.columns, *loss_landscape(version, scene.size, scene.columns, scene.target, sigma=sigma))
     series = []
-    for column in positions:
-        fig = plot_tap_frame(version, size, float(column), target, landscape, sigma=sigma,
+    for column in scene.positions:
+        fig = plot_tap_frame(version, scene.size, float(column), scene.target, landscape, sigma=sigma,
                              derivative_limit=1.0, title=frame_title(version, sigma))
-        label_figure(fig, label)
-        series.append(figure_png(fig, dpi=dpi, colors=colors, close=True))
+        label_figure(fig, scene.label)
+        series.append(figure_png(fig, dpi=scene.dpi, colors=scene.colors, close=True))
     return series
 
 
 def tap_frames(
-    size: int,
-    target: Tensor,
-    columns: Tensor,
-    positions: Sequence[float],
-    sigmas: Sequence[float],
-    label: str,
-    interpolations: Mapping[str, str] = INTERPOLATIONS,
-    dpi: int = 72,
-    colors: int = 64,
+    scene: TapScene, sigmas: Sequence[float], interpolations: Mapping[str, str] = INTERPOLATIONS
 ) -> dict[tuple[int, int, int], bytes]:
     """PNG frames keyed by (interpolation, position, σ) indices, as :class:`Panel` takes them.
     An interpolation without a width is drawn once per position and shown for every σ."""
-    if not positions or not sigmas:
+    if not scene.positions or not sigmas:
         raise ValueError("tap_frames needs at least one position and one σ")
     frames = {}
     for i, version in enumerate(interpolations.values()):
         if get_interpolation(version).has_sigma:
-            series = [tap_series(version, size, target, columns, positions, float(s), label, dpi, colors)
-                      for s in sigmas]
+            series = [tap_series(scene, version, float(s)) for s in sigmas]
         else:
-            series = [tap_series(version, size, target, columns, positions, None, label, dpi, colors)] * len(sigmas)
+            series = [tap_series(scene, version, None)] * len(sigmas)
         for k, pngs in enumerate(series):
             for j, png in enumerate(pngs):
                 frames[i, j, k] = png
@@ -108,7 +103,7 @@ def tap_player(
         raise ValueError(f"initial_sigma {initial_sigma} is not one of the σ {list(sigmas)}")
     sigma_start = 0 if initial_sigma is None else list(sigmas).index(initial_sigma)
     start = min(range(len(positions)), key=lambda j: abs(positions[j] - initial_position), default=0)
-    frames = tap_frames(size, target, columns, positions, sigmas, label, interpolations, dpi)
+    frames = tap_frames(TapScene(size, target, columns, positions, label, dpi), sigmas, interpolations)
     controls = [
         Control("interpolation", list(interpolations), "toggle"),
         Control("tap column", [f"{p:+.2f}" for p in positions], "slider", start),
