@@ -7,6 +7,7 @@ the converter applied to a copy; the registered ``<name>_dcls`` is checked to bu
 """
 
 import copy
+import dataclasses
 
 import pytest
 import timm
@@ -86,7 +87,7 @@ class Zoo:
                 study = STUDY_MODELS[name[: -len("_dcls")]]
                 model = copy.deepcopy(self.model(study.base))
                 torch.manual_seed(0)
-                convert_to_dcls(model, study.dilated_kernel_size, study.kernel_count, study.version)
+                convert_to_dcls(model, **study.defaults.options())
             else:
                 model = quick_init(timm.create_model(name, device="meta").to_empty(device="cpu"))
             self.models[name] = model.eval()
@@ -161,9 +162,7 @@ def test_registered_name_builds_the_converted_model(zoo, name):
     converted = zoo.model(name)
     assert {k: v.shape for k, v in registered.state_dict().items()} == {k: v.shape for k, v in converted.state_dict().items()}
     spec = registered.dcls_spec
-    assert (spec.dilated_kernel_size, spec.kernel_count, spec.version) == (
-        study.dilated_kernel_size, study.kernel_count, study.version,
-    )
+    assert (spec.dilated_kernel_size, spec.kernel_count, spec.version) == dataclasses.astuple(study.defaults)
     assert registered.pretrained_cfg["url"] == PUBLISHED[name].url
 
 

@@ -72,8 +72,8 @@ def test_page_weight_counts_each_distinct_frame_once_in_base64():
 
 def test_player_controls_switch_the_frames(setting):
     target, columns = setting
-    box = tap_player(SIZE, target, columns, POSITIONS, SIGMAS, "made here", initial_position=0.9,
-                     initial_sigma=0.73, dpi=20)
+    box = tap_player(TapScene(SIZE, target, columns, POSITIONS, "made here", dpi=20), SIGMAS,
+                     initial_position=0.9, initial_sigma=0.73)
     controls = box.controls
     assert list(controls) == ["interpolation", "tap column", "σ"]
     assert isinstance(controls["interpolation"], w.ToggleButtons)
@@ -82,6 +82,6 @@ def test_player_controls_switch_the_frames(setting):
     assert isinstance(controls["σ"], w.SelectionSlider) and controls["σ"].index == 1
     assert "KB in the page" in box.children[-1].value and "made here" in box.children[-1].value
     with pytest.raises(ValueError, match="initial_sigma 0.5 is not one of"):
-        tap_player(SIZE, target, columns, POSITIONS, SIGMAS, "x", initial_sigma=0.5)
+        tap_player(TapScene(SIZE, target, columns, POSITIONS, "x"), SIGMAS, initial_sigma=0.5)
     with pytest.raises(ValueError, match="at least one position"):
         tap_frames(TapScene(SIZE, target, columns, [], "x"), SIGMAS)

@@ -85,16 +85,11 @@ def tap_frames(
 
 
 def tap_player(
-    size: int,
-    target: Tensor,
-    columns: Tensor,
-    positions: Sequence[float],
+    scene: TapScene,
     sigmas: Sequence[float],
-    label: str,
     initial_position: float = 0.0,
     initial_sigma: Optional[float] = None,
     interpolations: Mapping[str, str] = INTERPOLATIONS,
-    dpi: int = 72,
 ):
     """Buttons for the interpolation, a slider for the tap's column and one for ``σ``, showing
     the frames of :func:`tap_frames`; the caption states how many frames the page holds and
@@ -102,8 +97,9 @@ def tap_player(
     if initial_sigma is not None and initial_sigma not in sigmas:
         raise ValueError(f"initial_sigma {initial_sigma} is not one of the σ {list(sigmas)}")
     sigma_start = 0 if initial_sigma is None else list(sigmas).index(initial_sigma)
+    positions = scene.positions
     start = min(range(len(positions)), key=lambda j: abs(positions[j] - initial_position), default=0)
-    frames = tap_frames(TapScene(size, target, columns, positions, label, dpi), sigmas, interpolations)
+    frames = tap_frames(scene, sigmas, interpolations)
     controls = [
         Control("interpolation", list(interpolations), "toggle"),
         Control("tap column", [f"{p:+.2f}" for p in positions], "slider", start),
@@ -112,5 +108,5 @@ def tap_player(
     panel = Panel([c.name for c in controls], frames)
     distinct = len(set(frames.values()))
     caption = (f"{distinct} distinct frames, {page_weight_kb(frames):.0f} KB in the page; "
-               f"σ moves the triangle and the Gaussian only. {label}.")
+               f"σ moves the triangle and the Gaussian only. {scene.label}.")
     return frame_explorer(controls, [panel], caption=caption)

@@ -87,9 +87,11 @@ _FB = "https://dl.fbaipublicfiles.com/convnext/{name}"
 _HF = "https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
 
 
-def _zenodo(model, record, name, layout, keys, version):
-    url = _ZENODO.format(record=record, name=name)
-    return PublishedCheckpoint(model, url, name, layout, keys, version, f"DCLS authors, Zenodo record {record}")
+def _zenodo(record, layout, keys, version, files: dict[str, str]) -> list[PublishedCheckpoint]:
+    """The files (model -> file name) of one Zenodo record that share a layout, state keys and version."""
+    source = f"DCLS authors, Zenodo record {record}"
+    return [PublishedCheckpoint(model, _ZENODO.format(record=record, name=name), name, layout, keys, version, source)
+            for model, name in files.items()]
 
 
 def _timm_hub(model, tag):
@@ -97,34 +99,32 @@ def _timm_hub(model, tag):
     return PublishedCheckpoint(model, _HF.format(name=name), f"{name}.safetensors", "timm", (), None, f"timm weights {name}")
 
 
-def _convnext_official(model, name):
+def _convnext_official(model):
+    name = f"{model}_1k_224_ema.pth"
     return PublishedCheckpoint(model, _FB.format(name=name), name, "convnext-official", ("model",), None, "official ConvNeXt")
 
 
 PUBLISHED: dict[str, PublishedCheckpoint] = {
     c.model: c
     for c in (
-        _convnext_official("convnext_tiny", "convnext_tiny_1k_224_ema.pth"),
-        _convnext_official("convnext_small", "convnext_small_1k_224_ema.pth"),
-        _convnext_official("convnext_base", "convnext_base_1k_224_ema.pth"),
-        _zenodo("convnext_tiny_dcls", 7112021, "convnext_dcls_tiny_1k_224_ema.pth", "convnext-official", ("model",), "v0"),
-        _zenodo("convnext_small_dcls", 7112021, "convnext_dcls_small_1k_224_ema.pth", "convnext-official", ("model",), "v0"),
-        _zenodo("convnext_base_dcls", 7112021, "convnext_dcls_base_1k_224_ema.pth", "convnext-official", ("model",), "v0"),
+        *(_convnext_official(f"convnext_{size}") for size in ("tiny", "small", "base")),
+        *_zenodo(7112021, "convnext-official", ("model",), "v0", {
+            f"convnext_{size}_dcls": f"convnext_dcls_{size}_1k_224_ema.pth" for size in ("tiny", "small", "base")
+        }),
         _timm_hub("resnet50", "a1_in1k"),
-        _zenodo("resnet50_dcls", 8373830, "resnet_dcls_kernel_5_model_best.pth.tar", "timm", ("state_dict_ema",), "v0"),
+        *_zenodo(8373830, "timm", ("state_dict_ema",), "v0", {"resnet50_dcls": "resnet_dcls_kernel_5_model_best.pth.tar"}),
         _timm_hub("caformer_s18", "sail_in1k"),
         _timm_hub("convformer_s18", "sail_in1k"),
-        _zenodo(
-            "caformer_s18_dcls", 8370737, "caformer_s18_v1_17lim_34el_seed0.pth.tar", "metaformer-sail", ("state_dict_ema",), "v1"
-        ),
-        _zenodo(
-            "convformer_s18_dcls", 8370737, "convformer_s18_v1_17lim_40el_seed0.pth.tar", "metaformer-sail",
-            ("state_dict_ema",), "v1",
-        ),
+        *_zenodo(8370737, "metaformer-sail", ("state_dict_ema",), "v1", {
+            "caformer_s18_dcls": "caformer_s18_v1_17lim_34el_seed0.pth.tar",
+            "convformer_s18_dcls": "convformer_s18_v1_17lim_40el_seed0.pth.tar",
+        }),
         _timm_hub("fastvit_sa24", "apple_in1k"),
         _timm_hub("fastvit_sa36", "apple_in1k"),
-        _zenodo("fastvit_sa24_dcls", 8370737, "fastvit_sa24_v1_17lim_34el_seed0.pth.tar", "fastvit-apple", ("state_dict_ema",), "v1"),
-        _zenodo("fastvit_sa36_dcls", 8370737, "fastvit_sa36_v1_17lim_34el_seed0.pth.tar", "fastvit-apple", ("state_dict_ema",), "v1"),
+        *_zenodo(8370737, "fastvit-apple", ("state_dict_ema",), "v1", {
+            "fastvit_sa24_dcls": "fastvit_sa24_v1_17lim_34el_seed0.pth.tar",
+            "fastvit_sa36_dcls": "fastvit_sa36_v1_17lim_34el_seed0.pth.tar",
+        }),
     )
 }
 

@@ -26,6 +26,7 @@ for members whose stages do not grow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -44,6 +45,10 @@ class DclsDefaults:
     dilated_kernel_size: int
     kernel_count: int
     version: str
+
+    def options(self) -> dict:
+        """The settings as ``convert_to_dcls`` keywords."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ They take timm's usual arguments and behave as timm's baselines do:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import types
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -41,17 +42,9 @@ from timm.models._builder import pretrained_cfg_for_features
 from torch import nn
 
 from ..layers import Dcls1d, Dcls2d, Dcls3d
-from .checkpoints import (
-    PUBLISHED,
-    check_state_dict,
-    extract_state_dict,
-    load_pretrained,
-    map_state_dict,
-    published_checkpoint,
-    read_checkpoint,
-    resolve_checkpoint,
-)
+from . import checkpoints
 from .convert import convert_to_dcls, to_dense
+from .families import FAMILIES, DclsDefaults
 
 _DCLS_OPTIONS = ("dilated_kernel_size", "kernel_count", "version", "share_positions")
 
@@ -70,30 +63,34 @@ _FEATURE_CLASSES = {"list": FeatureListNet, "dict": FeatureDictNet}
 
 @dataclass(frozen=True)
 class StudyModel:
-    """One of the study's eight architectures, its timm pretrained tag, and its published DCLS settings."""
+    """One of the study's eight architectures, its timm pretrained tag, and the published DCLS settings
+    its ``_dcls`` model is built with unless told otherwise."""
 
     base: str
     base_tag: str
-    dilated_kernel_size: int
-    kernel_count: int
-    version: str
+    defaults: DclsDefaults
 
     @property
     def dcls_name(self) -> str:
         return f"{self.base}_dcls"
 
 
+def _published(family: str, **changes) -> DclsDefaults:
+    """The family's DCLS defaults (its smallest published model's), with what a larger one changes."""
+    return dataclasses.replace(FAMILIES[family].defaults, **changes)
+
+
 STUDY_MODELS: dict[str, StudyModel] = {
     m.base: m
     for m in (
-        StudyModel("resnet50", "a1_in1k", 7, 5, "v0"),
-        StudyModel("convnext_tiny", "fb_in1k", 17, 34, "v0"),
-        StudyModel("convnext_small", "fb_in1k", 17, 40, "v0"),
-        StudyModel("convnext_base", "fb_in1k", 17, 40, "v0"),
-        StudyModel("caformer_s18", "sail_in1k", 17, 34, "v1"),
-        StudyModel("convformer_s18", "sail_in1k", 17, 40, "v1"),
-        StudyModel("fastvit_sa24", "apple_in1k", 17, 34, "v1"),
-        StudyModel("fastvit_sa36", "apple_in1k", 17, 34, "v1"),
+        StudyModel("resnet50", "a1_in1k", _published("resnet")),
+        StudyModel("convnext_tiny", "fb_in1k", _published("convnext")),
+        StudyModel("convnext_small", "fb_in1k", _published("convnext", kernel_count=40)),
+        StudyModel("convnext_base", "fb_in1k", _published("convnext", kernel_count=40)),
+        StudyModel("caformer_s18", "sail_in1k", _published("metaformer")),
+        StudyModel("convformer_s18", "sail_in1k", _published("metaformer", kernel_count=40)),
+        StudyModel("fastvit_sa24", "apple_in1k", _published("fastvit")),
+        StudyModel("fastvit_sa36", "apple_in1k", _published("fastvit")),
     )
 }
 
@@ -105,7 +102,7 @@ def study_model_names() -> list[str]:
 
 def _dcls_cfg(model: StudyModel) -> dict:
     cfg = get_pretrained_cfg(f"{model.base}.{model.base_tag}").to_dict()
-    spec = PUBLISHED[model.dcls_name]
+    spec = checkpoints.PUBLISHED[model.dcls_name]
     cfg.update(url=spec.url, hf_hub_id=None, hf_hub_filename=None, license=None, notes=(spec.source,))
     return cfg
 
@@ -162,12 +159,13 @@ def adapt_published_state_dict(state_dict: dict, model: nn.Module, cfg: dict) ->
 
 def _load_published(model: nn.Module, name: str, cfg: dict, directory) -> None:
     """Load the published checkpoint (or the overlay's local ``file``), adapted to the model's head and stem."""
-    spec = published_checkpoint(name)
-    file = resolve_checkpoint(name, cfg.get("file"), directory)
+    spec = checkpoints.published_checkpoint(name)
+    file = checkpoints.resolve_checkpoint(name, cfg.get("file"), directory)
     what = f"checkpoint {file}"
-    state_dict = extract_state_dict(read_checkpoint(file), spec.state_keys, what)
-    mapped = adapt_published_state_dict(map_state_dict(state_dict, model, spec.layout, spec.reference_version), model, cfg)
-    check_state_dict(model, mapped, what)
+    state_dict = checkpoints.extract_state_dict(checkpoints.read_checkpoint(file), spec.state_keys, what)
+    mapped = checkpoints.map_state_dict(state_dict, model, spec.layout, spec.reference_version)
+    mapped = adapt_published_state_dict(mapped, model, cfg)
+    checkpoints.check_state_dict(model, mapped, what)
     model.load_state_dict(mapped)
 
 
@@ -190,9 +188,9 @@ class PublishedLayoutRouter:
         own = set(module.state_dict())
         cleaned = clean_state_dict(dict(state_dict))  # drops DataParallel's module. and compile's _orig_mod.
         if not set(cleaned) <= own:
-            spec = published_checkpoint(self.name)
-            cleaned = map_state_dict(cleaned, module, spec.layout, spec.reference_version)
-        check_state_dict(module, cleaned, "state dict")
+            spec = checkpoints.published_checkpoint(self.name)
+            cleaned = checkpoints.map_state_dict(cleaned, module, spec.layout, spec.reference_version)
+        checkpoints.check_state_dict(module, cleaned, "state dict")
         state_dict.clear()
         state_dict.update(cleaned)
 
@@ -226,9 +224,7 @@ def _create(study: StudyModel, pretrained: bool, kwargs: dict) -> nn.Module:
     directory = kwargs.pop("cache_dir", None)
     features_only = kwargs.pop("features_only", False)
     out_indices, feature_cls = kwargs.pop("out_indices", None), kwargs.pop("feature_cls", None)
-    options = dict(
-        dilated_kernel_size=study.dilated_kernel_size, kernel_count=study.kernel_count, version=study.version
-    )
+    options = study.defaults.options()
     options.update({k: kwargs.pop(k) for k in _DCLS_OPTIONS if k in kwargs})
     model = timm.create_model(study.base, pretrained=False, **kwargs)
     convert_to_dcls(model, **options)
@@ -308,5 +304,5 @@ def create_study_model(
         raise KeyError(f"{name!r} is not one of the study's models: {study_model_names()}")
     model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained or checkpoint_path is not None:
-        load_pretrained(model, name, path=checkpoint_path, directory=cache_dir, progress=progress)
+        checkpoints.load_pretrained(model, name, path=checkpoint_path, directory=cache_dir, progress=progress)
     return model

@@ -54,6 +54,7 @@ class SynapticDelays(nn.Module):
         tail: extra output steps after the input's end, so that spikes delayed past the end still
             arrive (the published SHD models use ``(max_delay - 1) // 2``).
         bias: add a learnable bias per output neuron (the published models use none).
+        factory: ``device=`` and ``dtype=`` of the parameters, passed to the ``Dcls1d`` that holds them.
     """
 
     def __init__(
@@ -66,10 +67,11 @@ class SynapticDelays(nn.Module):
         discrete_eval: bool = True,
         tail: int = 0,
         bias: bool = False,
-        device=None,
-        dtype=None,
+        **factory,
     ) -> None:
         super().__init__()
+        if set(factory) - {"device", "dtype"}:
+            raise TypeError(f"SynapticDelays got unexpected keyword arguments {sorted(set(factory) - {'device', 'dtype'})}")
         check_positive_int(max_delay=max_delay)
         if version not in TRAIN_VERSIONS:
             raise ValueError(f"version must be one of {TRAIN_VERSIONS} (interpolations with a SIG), got {version!r}")
@@ -83,7 +85,7 @@ class SynapticDelays(nn.Module):
         self.tail = tail
         self.dcls = Dcls1d(
             in_features, out_features, kernel_count=1, dilated_kernel_size=max_delay, bias=bias,
-            version=version, device=device, dtype=dtype,
+            version=version, **factory,
         )
         self.reset_parameters()
 
