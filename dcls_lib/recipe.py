@@ -21,6 +21,7 @@ from .layers import DclsNd
 from .validation import check_choice, check_positive_int
 
 FINAL_SIGMA = 0.23  # where the published schedules end (Gaussian width |SIG| + 0.27 = 0.5 cell)
+POSITION_LR_SCALE = 5.0  # positions learn at 5x the weights' rate in the recipe published with the image models
 DECAYS = ("exponential", "linear")
 
 
@@ -32,7 +33,7 @@ class RecipeConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    position_lr_scale: float = 5.0
+    position_lr_scale: float = POSITION_LR_SCALE
     seed: int = 0
     amp: bool = False  # bfloat16 autocast on CUDA
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..layers import DclsNd
 from ..progress import progress_bar
-from ..recipe import clamp_positions, param_groups
+from ..recipe import POSITION_LR_SCALE, clamp_positions, param_groups
 
 
 @dataclass
@@ -44,7 +44,7 @@ def fit_kernel(
     target: Tensor,
     steps: int,
     lr: float = 0.01,
-    position_lr_scale: float = 5.0,
+    position_lr_scale: float = POSITION_LR_SCALE,
     progress: bool = False,
 ) -> FitHistory:
     """Adam on ``kernel_loss(layer, target)`` for ``steps`` steps; returns the loss and tap paths."""

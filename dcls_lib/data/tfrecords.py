@@ -50,11 +50,16 @@ def write_tfrecord(path: PathLike, records: Iterable[bytes]) -> Path:
     return write_bytes_atomic(path, (frame_record(data) for data in records))
 
 
+def _truncated(path: Path, index: int, part: str) -> TFRecordError:
+    """The error for a file that ends inside record ``index``'s ``part`` ("header" or "data")."""
+    return TFRecordError(f"{path}: record {index}: file ends inside the record {part} (truncated file)")
+
+
 def _read_header(file, path: Path, index: int) -> int:
     """The data length of the record starting at the file's position, its length CRC checked."""
     header = file.read(_HEADER.size)
     if len(header) != _HEADER.size:
-        raise TFRecordError(f"{path}: record {index}: file ends inside the record header (truncated file)")
+        raise _truncated(path, index, "header")
     length, length_crc = _HEADER.unpack(header)
     if masked_crc32c(header[:8]) != length_crc:
         raise TFRecordError(f"{path}: record {index}: length CRC mismatch (corrupted file or not a TFRecord file)")
@@ -65,7 +70,7 @@ def _read_data(file, path: Path, index: int, length: int) -> bytes:
     data = file.read(length)
     footer = file.read(_FOOTER.size)
     if len(data) != length or len(footer) != _FOOTER.size:
-        raise TFRecordError(f"{path}: record {index}: file ends inside the record data (truncated file)")
+        raise _truncated(path, index, "data")
     if masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
         raise TFRecordError(f"{path}: record {index}: data CRC mismatch (corrupted record)")
     return data
@@ -92,7 +97,7 @@ def index_tfrecord(path: PathLike) -> list[tuple[int, int]]:
             length = _read_header(file, path, len(entries))
             end = offset + _HEADER.size + length + _FOOTER.size
             if end > size:
-                raise TFRecordError(f"{path}: record {len(entries)}: file ends inside the record data (truncated file)")
+                raise _truncated(path, len(entries), "data")
             entries.append((offset, length))
             offset = end
             file.seek(offset)
