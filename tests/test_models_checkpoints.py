@@ -348,6 +348,10 @@ def test_sail_metaformer_files_run_with_the_authors_head_eps(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.head.fc(features), torch.nn.functional.linear(authors, state["head.fc2.weight"], state["head.fc2.bias"]))
 
+    file = save(tmp_path, timm_training_checkpoint(state), "again.pth")
+    for through_timm in (dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(file))), dict(checkpoint_path=str(file))):
+        assert timm.create_model("convformer_s18_dcls", **through_timm).head.fc.norm.eps == 1e-5, through_timm
+
     baseline = timm.create_model("caformer_s18", device="meta").to_empty(device="cpu")
     path = tmp_path / PUBLISHED["caformer_s18"].filename
     save_file({k: v.contiguous() for k, v in baseline.state_dict().items()}, str(path))

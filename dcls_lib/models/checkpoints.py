@@ -431,8 +431,12 @@ def load_checkpoint(
     state_keys: Sequence[str] = (),
     reference_version: Optional[str] = None,
     trust: bool = False,
+    adapt_state_dict: Optional[Callable[[dict], dict]] = None,
 ) -> nn.Module:
     """Read ``path``, map it from ``layout`` onto ``model``, check it, and load it strictly.
+
+    ``adapt_state_dict`` changes the mapped state dict before the check (timm's ``pretrained=True``
+    adapts the head and stem to ``num_classes`` and ``in_chans`` there).
 
     A converted model whose shared positions were untied (``to_empty()`` does that) is re-tied first,
     so the loaded model shares them as its ``dcls_spec`` says.  Where the layout's authors compute
@@ -443,11 +447,18 @@ def load_checkpoint(
     state_dict = extract_state_dict(read_checkpoint(path, trust=trust), state_keys, what)
     _restore_sharing(model)
     mapped = map_state_dict(state_dict, model, layout, reference_version)
+    if adapt_state_dict is not None:
+        mapped = adapt_state_dict(mapped)
     check_state_dict(model, mapped, what)
     model.load_state_dict(mapped, strict=True)
+    adapt_to_layout(model, layout)
+    return model
+
+
+def adapt_to_layout(model: nn.Module, layout: str) -> None:
+    """Make ``model`` compute what ``layout``'s authors' code computes where timm's differs."""
     if LAYOUTS[layout].adapt is not None:
         LAYOUTS[layout].adapt(model)
-    return model
 
 
 def load_pretrained(
@@ -474,6 +485,7 @@ __all__ = [
     "CheckpointError",
     "Layout",
     "PublishedCheckpoint",
+    "adapt_to_layout",
     "cache_dir",
     "check_state_dict",
     "download",

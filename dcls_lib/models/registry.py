@@ -161,12 +161,10 @@ def _load_published(model: nn.Module, name: str, cfg: dict, directory) -> None:
     """Load the published checkpoint (or the overlay's local ``file``), adapted to the model's head and stem."""
     spec = checkpoints.published_checkpoint(name)
     file = checkpoints.resolve_checkpoint(name, cfg.get("file"), directory)
-    what = f"checkpoint {file}"
-    state_dict = checkpoints.extract_state_dict(checkpoints.read_checkpoint(file), spec.state_keys, what)
-    mapped = checkpoints.map_state_dict(state_dict, model, spec.layout, spec.reference_version)
-    mapped = adapt_published_state_dict(mapped, model, cfg)
-    checkpoints.check_state_dict(model, mapped, what)
-    model.load_state_dict(mapped)
+    checkpoints.load_checkpoint(
+        model, file, spec.layout, spec.state_keys, spec.reference_version,
+        adapt_state_dict=lambda mapped: adapt_published_state_dict(mapped, model, cfg),
+    )
 
 
 class PublishedLayoutRouter:
@@ -174,7 +172,8 @@ class PublishedLayoutRouter:
 
     timm's ``create_model(..., checkpoint_path=PATH)`` hands the file's state dict to
     ``model.load_state_dict``.  In the model's own names it loads as it is; otherwise it is mapped
-    from the published layout (names, reference positions) with ``map_state_dict``.  Strict loads are
+    from the published layout (names, reference positions) with ``map_state_dict``, and the model set
+    to compute what the layout's authors compute (``adapt_to_layout``).  Strict loads are
     checked with ``check_state_dict`` first, which also refuses positions that the model shares but
     the state dict gives different values (plain ``load_state_dict`` would keep the last silently).
     """
@@ -187,10 +186,13 @@ class PublishedLayoutRouter:
             return
         own = set(module.state_dict())
         cleaned = clean_state_dict(dict(state_dict))  # drops DataParallel's module. and compile's _orig_mod.
-        if not set(cleaned) <= own:
+        published = not set(cleaned) <= own
+        if published:
             spec = checkpoints.published_checkpoint(self.name)
             cleaned = checkpoints.map_state_dict(cleaned, module, spec.layout, spec.reference_version)
         checkpoints.check_state_dict(module, cleaned, "state dict")
+        if published:  # computed as the authors' code computes it (sail-sg's head eps)
+            checkpoints.adapt_to_layout(module, spec.layout)
         state_dict.clear()
         state_dict.update(cleaned)
 
