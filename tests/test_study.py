@@ -83,7 +83,7 @@ TINY = StudyPlan("smoke", families=("resnet",), variants=("baseline", "dcls"), s
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
-    return folder, run_study(out_dir=folder, plan=TINY, device="cpu", progress=False)
+    return folder, run_study(out_dir=folder, plan=TINY, device="cpu", progress=False, workers=2)
 
 
 def test_run_study_trains_scores_and_reloads(tiny_study):
@@ -102,9 +102,9 @@ def test_run_study_trains_scores_and_reloads(tiny_study):
 
     checkpoint = results.run_dir("resnet", "dcls", 1) / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    again = run_study(out_dir=tmp_path, plan=plan, device="cpu", progress=False)
+    again = run_study(out_dir=tmp_path, plan=plan, device="cpu", progress=False, workers=1)
     assert checkpoint.stat().st_mtime_ns == before, "a finished run is reloaded, not retrained"
-    assert again.rows == results.rows
+    assert again.rows == results.rows, "two worker processes give the rows one process gives, in the plan's order"
     loaded = load_study(tmp_path)
     assert loaded.plan == plan and loaded.rows == results.rows and loaded.table() == results.table()
 
@@ -129,6 +129,11 @@ def test_a_study_loads_its_models_and_its_test_split(tiny_study):
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="profile"):
         run_study("laptop")
+
+
+def test_worker_count_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        run_study(out_dir=tmp_path, plan=TINY, device="cpu", progress=False, workers=0)
 
 
 def test_figures_and_tables_of_a_study(tiny_study):
