@@ -75,8 +75,8 @@ class StudyPlan:
 ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
 PLANS = {
     "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
-    # the book on 2 cores: one seed per family, until a run costs less (issue 13: 3 seeds for ResNet and
-    # ConvNeXt are asked for; a ResNet run at 112 px and total stride 16 takes many minutes on 2 cores)
+    # the book on 2 cores: one seed per family (issue 13 asks for three for ResNet and ConvNeXt: twelve
+    # runs of four epochs already take most of the book's half hour; see the README for the time)
     "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), test_size=240),
     "gpu": StudyPlan("gpu", families=ALL_FAMILIES, seeds=(0, 1, 2), test_size=2400),
 }

@@ -73,8 +73,17 @@ def _norm_over_positions(module: nn.Module) -> nn.Module:
 
 
 def _resnet(num_classes: int, width: int) -> nn.Module:
-    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, channels=_widths(width), stem_width=width // 2)
-    model.conv1.stride = (1, 1)  # stem stride 2: the max-pool only (without it the ResNet learns far slower)
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, channels=_widths(width))
+    # timm's 7x7 stem is 64 channels wide whatever the stages: make it ``width``, at stride 1 (stride 2:
+    # the max-pool only; without it the ResNet learns far slower).  At 112 px a 64-channel stem at full
+    # resolution cost more than all the stages together.
+    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=1, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    first = model.layer1[0]
+    first.conv1 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
+    first.downsample = None  # its input now has the block's width: an identity shortcut, as timm builds one
+    for module in (model.conv1, first.conv1):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")  # timm's init of convs
     return model
 
 
