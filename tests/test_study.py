@@ -257,3 +257,20 @@ def test_the_published_study_on_clickme_files_in_the_real_formats(tmp_path):
     assert load_study(tmp_path / "out").rows == results.rows
     with pytest.raises(ValueError, match="not one of the study's models"):
         run_clickme_study(tmp_path / "shards", names=("vgg16",), out_dir=tmp_path / "out", progress=False)
+
+
+def test_the_claim_is_counted_over_families_that_learned(tiny_study):
+    from dcls_lib.chapters.study_plots import accuracy_text, finding_text, learned_claim_counts, learned_rows
+
+    _, results = tiny_study
+    learned = [dict(r, family="convnext", test_acc=0.9) for r in results.rows]
+    failed = [dict(r, test_acc=0.05 if r["variant"] == "dcls" else 0.9) for r in results.rows]
+    mixed = type(results)(results.plan, learned + failed, results.out_dir, results.info)
+    assert {r["family"] for r in learned_rows(mixed)} == {"convnext"}, "a family with a run at chance is left out"
+    assert {c["families"] for c in learned_claim_counts(mixed)} == {1}
+    text = finding_text(mixed)
+    assert "2 of 8 runs stayed below twice chance" in text and "resnet-dcls-seed0" in text and "resnet is left out" in text
+    all_learned = type(results)(results.plan, learned, results.out_dir, results.info)
+    assert finding_text(all_learned).endswith("every run learned the task (accuracy above twice chance).")
+    mean = 100 * (results.rows[0]["test_acc"] + results.rows[2]["test_acc"]) / 2
+    assert f"resnet: baseline {mean:.0f}%" in accuracy_text(results)

@@ -231,15 +231,45 @@ def near_chance(results: StudyResults, factor: float = 2.0) -> list[str]:
             if r.get("test_acc") is not None and r["test_acc"] < factor * chance]
 
 
+def learned_rows(results: StudyResults, factor: float = 2.0) -> list[dict]:
+    """The rows of the families whose every run learned the task (accuracy at least ``factor`` times
+    chance): the published claim's count compares a family's variants, which means nothing when
+    one of them has not learned."""
+    failed = {name.split("-")[0] for name in near_chance(results, factor)}
+    return [r for r in results.rows if r["family"] not in failed]
+
+
+def learned_claim_counts(results: StudyResults) -> list[dict]:
+    """:func:`dcls_lib.study.claim_counts` over the families whose runs all learned the task."""
+    return claim_counts(learned_rows(results))
+
+
 def finding_text(results: StudyResults) -> str:
-    """One sentence of what the study found in this build: the claim's count per explainer, and
-    which runs did not learn the task (the front page quotes it)."""
+    """One sentence of what the study found in this build: the claim's count per explainer over the
+    families that learned the task, and which runs did not (the front page quotes it)."""
     counts = "; ".join(f"{METHOD_NAMES[c['explainer']]}: {c['families rose']} of {c['families']} "
-                       f"families ({c['runs rose']} of {c['runs']} runs)" for c in claim_counts(results.rows))
+                       f"families ({c['runs rose']} of {c['runs']} runs)" for c in learned_claim_counts(results))
     failed = near_chance(results)
-    learned = (f"{len(failed)} of {len(results.rows)} runs stayed below twice chance accuracy, so their "
-               "heatmaps are no evidence" if failed else "every run learned the task (accuracy above twice chance)")
-    return f"DCLS raised the alignment score in {counts}; {learned}."
+    if not failed:
+        return f"DCLS raised the alignment score in {counts}; every run learned the task (accuracy above twice chance)."
+    left_out = sorted({name.split("-")[0] for name in failed})
+    return (f"Among the families whose runs all learned the task, DCLS raised the alignment score in {counts}; "
+            f"{len(failed)} of {len(results.rows)} runs stayed below twice chance accuracy "
+            f"({', '.join(failed)}), so {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} left out "
+            "of the count.")
+
+
+def accuracy_text(results: StudyResults) -> str:
+    """Test accuracy of every family and variant (mean over seeds), as one sentence for the prose."""
+    parts = []
+    for family in results.plan.families:
+        values = []
+        for variant in results.plan.variants:
+            accs = [r["test_acc"] for r in results.rows if (r["family"], r["variant"]) == (family, variant)]
+            if accs:
+                values.append(f"{variant} {100 * float(np.mean(accs)):.0f}%")
+        parts.append(f"{family}: {', '.join(values)}")
+    return "Test accuracy (chance 8%): " + "; ".join(parts) + "."
 
 
 def kept_gpu_study(folder: str = "results/study-gpu"):
