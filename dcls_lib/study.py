@@ -75,9 +75,9 @@ class StudyPlan:
 ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
 PLANS = {
     "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
-    # the book on 2 cores: one seed per family (issue 13 asks for three for ResNet and ConvNeXt: twelve
-    # runs of four epochs already take most of the book's half hour; see the README for the time)
-    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), test_size=240),
+    # the book on 2 cores: three seeds of the ResNet, one of the others (a ResNet run is the cheapest;
+    # issue 13 asks for three ConvNeXt seeds too, which the book's half hour does not hold)
+    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), family_seeds={"resnet": (0, 1, 2)}, test_size=240),
     "gpu": StudyPlan("gpu", families=ALL_FAMILIES, seeds=(0, 1, 2), test_size=2400),
 }
 
@@ -426,12 +426,14 @@ def main(argv: Optional[Sequence[str]] = None) -> StudyResults:
     parser.add_argument("--limit", type=int, default=None, help="with --clickme: the first N images only")
     parser.add_argument("--out", default=None, help="study folder (default: runs/study-<profile>-<digest>)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs trained at once (default: one per CPU core up to four; one on a GPU)")
     args = parser.parse_args(argv)
     if args.clickme is not None:
         results = run_clickme_study(args.clickme or None, out_dir=args.out, limit=args.limit,
                                     device=args.device, download=not args.clickme)
     else:
-        results = run_study(args.profile, args.out, device=args.device)
+        results = run_study(args.profile, args.out, device=args.device, workers=args.workers)
     print(results.report() if args.clickme is None else results.table())
     print(f"\n{json.dumps(results.info)}\nwritten to {results.out_dir}")
     return results
