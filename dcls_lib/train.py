@@ -52,6 +52,7 @@ from .recipe import (
     sigma_schedule,
 )
 from .runtime import current_profile, resolve_device, run_info
+from .transforms import PixelNormalize
 from .validation import check_choice, check_positive_int
 
 SIGMA_MODES = ("learned", *DECAYS)
@@ -144,10 +145,7 @@ class TrainRun:
         return self.log["epochs"][-1]
 
 
-def _normalize(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(SynthClick.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(SynthClick.std, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
+normalize_synthclick = PixelNormalize(SynthClick.mean, SynthClick.std)  # what every SynthClick model is fed
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -189,7 +187,7 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     total_loss = 0.0
     for x, y in _batches(images, labels, batch_size, device):
         with amp or nullcontext():
-            logits = model(_normalize(x)).float()
+            logits = model(normalize_synthclick(x)).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         pairs = y.cpu() * num_classes + logits.argmax(1).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
@@ -285,7 +283,7 @@ def train(
                    disable=not progress, leave=False)
         for step, (x, y) in enumerate(bar, start=1):
             with amp:
-                logits = model(_normalize(x))
+                logits = model(normalize_synthclick(x))
                 loss = F.cross_entropy(logits.float(), y)
                 if config.repulsion_weight and epoch >= config.repulsion_from_epoch:
                     loss = loss + config.repulsion_weight * repulsion_loss(model)

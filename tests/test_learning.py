@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dcls_lib.data.synthclick import CLASSES, SynthClick
 from dcls_lib.models.small import SMALL_FAMILIES, create_small_model
 from dcls_lib.recipe import param_groups
-from dcls_lib.train import _normalize, warmup_cosine
+from dcls_lib.train import normalize_synthclick, warmup_cosine
 
 PAIR = (CLASSES.index("near, 0 deg"), CLASSES.index("far, 0 deg"))
 
@@ -44,14 +44,14 @@ def test_each_family_learns_a_small_version_of_the_task(family, pair_data):
         order = torch.Generator().manual_seed(0)
         for _ in range(steps):
             batch = torch.randint(len(labels), (32,), generator=order)
-            loss = F.cross_entropy(model(_normalize(images[batch])), labels[batch])
+            loss = F.cross_entropy(model(normalize_synthclick(images[batch])), labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
         model.eval()
         with torch.no_grad():
-            accuracy = (model(_normalize(val_images)).argmax(1) == val_labels).float().mean().item()
+            accuracy = (model(normalize_synthclick(val_images)).argmax(1) == val_labels).float().mean().item()
     finally:
         torch.set_num_threads(threads)
     # chance 0.5; 128 held-out images: sd 0.044 at chance, so 0.7 is 4.5 sd above it

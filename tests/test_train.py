@@ -204,3 +204,12 @@ def test_command_line(tmp_path, capsys):
     assert "val accuracy" in capsys.readouterr().out
     log = json.loads((tmp_path / "log.json").read_text())
     assert log["config"]["variant"] == "dilated" and log["run"]["profile"] == "smoke"
+
+
+def test_synthclick_models_are_fed_images_normalised_with_its_channel_statistics():
+    from dcls_lib.data.synthclick import SynthClick
+    from dcls_lib.train import normalize_synthclick
+
+    x = torch.rand(2, 3, 8, 8)
+    mean, std = torch.tensor(SynthClick.mean).view(1, 3, 1, 1), torch.tensor(SynthClick.std).view(1, 3, 1, 1)
+    assert torch.equal(normalize_synthclick(x), (x - mean) / std)
