@@ -106,8 +106,8 @@ def test_maps_of_a_trained_model_decorrelate_and_the_model_is_untouched(trained)
     assert [r["layer"] for r in result.rows if r["mode"] == "cascading" and r["explainer"] == "gradcam"] == layers
     for explainer in ("gradcam", "threshold-gradcam"):
         last = next(r for r in result.rows if r["mode"] == "cascading" and r["explainer"] == explainer and r["layer"] == "conv1")
-        assert last["mean"] < 0.6, (explainer, last)
-        assert last["ci low"] <= last["mean"] <= last["ci high"]
+        # a map that ignores the weights stays at 1 (the decoy test above); these fall clearly below it
+        assert last["ci low"] <= last["mean"] <= last["ci high"] < 0.9, (explainer, last)
         first = [r for r in result.rows if r["step"] == 1 and r["explainer"] == explainer]
         assert first[0]["mean"] == first[1]["mean"], "step 1 randomises the same layer with the same weights in both modes"
     assert "| cascading | 1 | fc | Grad-CAM |" in result.table()
