@@ -223,7 +223,7 @@ def param_group_rows(model: torch.nn.Module, config) -> list[dict]:
              "learning rate": f"{g['lr']:.0e}", "weight decay": g["weight_decay"]} for g in groups]
 
 
-def _not_learned(results: StudyResults, factor: float = 2.0) -> list[dict]:
+def not_learned_rows(results: StudyResults, factor: float = 2.0) -> list[dict]:
     """The rows of runs whose test accuracy is below ``factor`` times chance."""
     chance = 1 / len(CLASSES)
     return [r for r in results.rows if r.get("test_acc") is not None and r["test_acc"] < factor * chance]
@@ -232,14 +232,14 @@ def _not_learned(results: StudyResults, factor: float = 2.0) -> list[dict]:
 def near_chance(results: StudyResults, factor: float = 2.0) -> list[str]:
     """The (family-variant-seed) runs whose test accuracy is below ``factor`` times chance: runs
     that have not learned the task, whose heatmaps are no evidence."""
-    return [f"{r['family']}-{r['variant']}-seed{r['seed']}" for r in _not_learned(results, factor)]
+    return [f"{r['family']}-{r['variant']}-seed{r['seed']}" for r in not_learned_rows(results, factor)]
 
 
 def learned_rows(results: StudyResults, factor: float = 2.0) -> list[dict]:
     """The rows of the families whose every run learned the task (accuracy at least ``factor`` times
     chance): the published claim's count compares a family's variants, which means nothing when
     one of them has not learned."""
-    failed = {r["family"] for r in _not_learned(results, factor)}
+    failed = {r["family"] for r in not_learned_rows(results, factor)}
     return [r for r in results.rows if r["family"] not in failed]
 
 
@@ -256,7 +256,7 @@ def finding_text(results: StudyResults) -> str:
     failed = near_chance(results)
     if not failed:
         return f"DCLS raised the alignment score in {counts}; every run learned the task (accuracy above twice chance)."
-    left_out = sorted({r["family"] for r in _not_learned(results)})
+    left_out = sorted({r["family"] for r in not_learned_rows(results)})
     return (f"Among the families whose runs all learned the task, DCLS raised the alignment score in {counts}; "
             f"{len(failed)} of {len(results.rows)} runs stayed below twice chance accuracy "
             f"({', '.join(failed)}), so {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} left out "
