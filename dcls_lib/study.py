@@ -60,6 +60,13 @@ class StudyPlan:
     test_size: int = 600
     threshold: float = 0.3
     train_overrides: dict = field(default_factory=dict)
+    family_overrides: dict = field(default_factory=dict)  # family -> its training settings, where they differ
+
+    def __post_init__(self) -> None:
+        for name, table in (("family_seeds", self.family_seeds), ("family_overrides", self.family_overrides)):
+            unknown = sorted(set(table) - set(self.families))
+            if unknown:
+                raise ValueError(f"{name} names families the plan does not train: {unknown}")
 
     def seeds_of(self, family: str) -> tuple[int, ...]:
         return tuple(self.family_seeds.get(family, self.seeds))
@@ -68,16 +75,19 @@ class StudyPlan:
         """Every run, seed by seed (every family's first seed first) and a seed's variants together, so
         that an interrupted study already holds paired runs of every family."""
         seeds = sorted({s for f in self.families for s in self.seeds_of(f)})
-        return [profile_config(self.profile, family=f, variant=v, seed=s, **self.train_overrides)
+        return [profile_config(self.profile, family=f, variant=v, seed=s,
+                               **{**self.train_overrides, **self.family_overrides.get(f, {})})
                 for s in seeds for f in self.families if s in self.seeds_of(f) for v in self.variants]
 
 
 ALL_FAMILIES = ("resnet", "convnext", "fastvit", "convformer")
 PLANS = {
     "smoke": StudyPlan("smoke", families=("resnet",), test_size=16),
-    # the book on 2 cores: three seeds of the ResNet, one of the others (a ResNet run is the cheapest;
-    # issue 13 asks for three ConvNeXt seeds too, which the book's half hour does not hold)
-    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), family_seeds={"resnet": (0, 1, 2)}, test_size=240),
+    # the book on 2 cores: three seeds of the ResNet and the ConvNeXt, one of the others.  The ConvNeXt
+    # trains 6 epochs, all three variants alike: in 3 its DCLS variant had not left chance (16%, 6
+    # epochs: 100%), while the ResNet, FastViT and ConvFormer learn every variant in 3.
+    "cpu": StudyPlan("cpu", families=ALL_FAMILIES, seeds=(0,), family_seeds={"resnet": (0, 1, 2), "convnext": (0, 1, 2)},
+                     family_overrides={"convnext": {"epochs": 6}}, test_size=240),
     "gpu": StudyPlan("gpu", families=ALL_FAMILIES, seeds=(0, 1, 2), test_size=2400),
 }
 

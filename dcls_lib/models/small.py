@@ -12,24 +12,34 @@ published models:
 ``width`` is the first stage's channel count; later stages double it.
 
 Total stride 16, not the published 32: each family's stem downsamples by 2 where the published one
-downsamples by 4 (ResNet's first convolution at stride 1, before its max-pool; ConvNeXt's patchify stem 2x2 instead of 4x4; ConvFormer's
-stem convolution at stride 2; FastViT's second stem block at stride 1).  So a 112-pixel SynthClick
-image gives the last stage, where Grad-CAM looks, 7x7 cells, as the study's 224 pixels do at stride
-32, at a quarter of the pixels to generate and keep; the stages themselves are timm's.
+downsamples by 4, so a 112-pixel SynthClick image gives the last stage, where Grad-CAM looks, 7x7
+cells, as the study's 224 pixels do at stride 32, at a quarter of the pixels to generate and keep;
+the stages themselves are timm's.  ResNet: its first convolution at stride 1, before its max-pool.
+FastViT: its second stem block at stride 1.  ConvNeXt and ConvFormer: the ResNet's stem (a 7x7
+convolution at stride 1, norm, the family's activation, a 3x3 max-pool at stride 2) in place of
+their patchify or strided convolution.
 
-One change of normalisation: ConvNeXt and ConvFormer normalise each position over its channels
-(LayerNorm), which at these widths (8 to 64 channels) gives every position of a feature map the same
-energy: a position holding a marked ring and one holding background leave the norm equally loud, and
-the evidence SynthClick hides among distractors cannot stand out.  Both stayed at chance (issue 13:
-48% on two classes where the ResNet reaches 100%; the full task, 8% of 12 after 900 steps).  Their
-small members therefore normalise over channels *and* positions of each image (``GroupNorm`` with one
-group: MetaFormer's "modified LayerNorm", PoolFormer's norm), which keeps a sample's statistics its
-own, as LayerNorm does, but leaves loud positions loud; they then learn as the BatchNorm families do
-(81% and 85% on the two classes, three seeds each).  The head's norm, applied to the pooled vector,
-is the same either way and stays.  And the small ConvFormer classifies with a linear layer
-(``use_mlp_head=False``, as timm's PoolFormers do), not the MLP head of the published S18 (a 4x
-expansion, squared ReLU and a norm): with that head it stayed at chance on the full task (8% of 12
-after 960 steps at 64 px, width 16), with the linear one it reached 96% in 360 steps.
+Why ConvNeXt and ConvFormer differ from timm's (issue 13; every change made before variants were
+compared, and the same for all three variants; each measured on SynthClick, 112 px, width 8, 450 steps unless
+said, 2 CPU cores, December 2026):
+
+* **Norms.**  timm's normalise each position over its channels (LayerNorm), which at 8 to 64 channels
+  gives every position the same energy: a marked ring cannot stand out from fifteen distractors.
+  Both stayed at chance (48% on test_learning's two classes where the ResNet reaches 100%).  The
+  small ConvFormer normalises over channels *and* positions of each image (``GroupNorm`` with one
+  group, MetaFormer's "modified LayerNorm"); the small ConvNeXt uses BatchNorm, as the ResNet and
+  FastViT do (with GroupNorm it stayed at chance on the full task at 64 px, width 8; with BatchNorm
+  it reached 88%).  The head's norm, on the pooled vector, stays.
+* **Layer scale 0.1** for the ConvNeXt (CaiT's value for networks of up to 18 blocks; timm's 1e-6 is
+  for deep ones): with 1e-6 its six blocks stayed nearly off (trained gammas 0.005 to 0.014).
+* **Stem.**  With the 2x2 patchify stem the ConvNeXt needed 900 steps to leave chance (BatchNorm and
+  layer scale 0.1: 8% after 450 steps, 100% after 900) and its DCLS variant had not left it after
+  900; at 112 px a ring (25 px across) is wider than what a first-stage unit sees (14 px).  With
+  the ResNet's stem its baseline reached 100% in 3 epochs, the DCLS ConvNeXt 100% in 6, and the DCLS
+  ConvFormer, at chance with its strided stem, 99% in 3.
+* **Head.**  The small ConvFormer classifies with a linear layer (``use_mlp_head=False``, as timm's
+  PoolFormers do), not the published S18's MLP head: with it, it stayed at chance (8% after 960
+  steps at 64 px, width 16); with the linear one it reached 96% in 360 steps.
 """
 
 from __future__ import annotations
@@ -38,38 +48,39 @@ from typing import Callable, Optional
 
 import timm
 from torch import nn
-from timm.layers import LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d
 from timm.models.fastvit import MobileOneBlock
-from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, SepConv
+from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, SepConv, StarReLU
 from timm.models.resnet import BasicBlock, ResNet
 
 from ..validation import check_choice
 from .convert import convert_to_dcls, convert_to_dilated
 
 VARIANTS = ("baseline", "dilated", "dcls")
+SHALLOW_LAYER_SCALE = 0.1  # CaiT's layer-scale init for networks of up to 18 blocks (timm's 1e-6 is for deep ones)
 
 
 def _widths(width: int) -> tuple[int, int, int, int]:
     return (width, 2 * width, 4 * width, 8 * width)
 
 
-def _stem_conv(in_channels: int, out_channels: int, kernel_size: int, padding: int) -> nn.Conv2d:
-    """A stride-2 stem convolution, initialised as the family initialises its own (trunc-normal, std 0.02)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=2, padding=padding)
-    trunc_normal_(conv.weight, std=0.02)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-def _norm_over_positions(module: nn.Module) -> nn.Module:
-    """Every per-position LayerNorm of ``module`` replaced by GroupNorm(1, C): one mean and variance per
-    image over channels and positions (see the module docstring for why)."""
+def _replace_layer_norms(module: nn.Module, make: Callable[[int, float], nn.Module]) -> nn.Module:
+    """Every per-position LayerNorm of ``module`` replaced by ``make(channels, eps)`` (see the module
+    docstring for why)."""
     for name, child in module.named_children():
         if isinstance(child, LayerNorm2d):
-            setattr(module, name, nn.GroupNorm(1, child.normalized_shape[0], eps=child.eps))
+            setattr(module, name, make(child.normalized_shape[0], child.eps))
         else:
-            _norm_over_positions(child)
+            _replace_layer_norms(child, make)
     return module
+
+
+def _group_norm(channels: int, eps: float) -> nn.Module:
+    return nn.GroupNorm(1, channels, eps=eps)  # one mean and variance per image, over channels and positions
+
+
+def _batch_norm(channels: int, eps: float) -> nn.Module:
+    return nn.BatchNorm2d(channels)  # per channel, over the batch and positions (ResNet's and FastViT's norm)
 
 
 def _resnet(num_classes: int, width: int) -> nn.Module:
@@ -87,11 +98,21 @@ def _resnet(num_classes: int, width: int) -> nn.Module:
     return model
 
 
+def _pooling_stem(width: int, norm: Callable[[int, float], nn.Module], act: Callable[[], nn.Module]) -> nn.Module:
+    """The small ResNet's stem with a family's norm and activation: a 7x7 convolution at stride 1, then a
+    3x3 max-pool at stride 2 (stride 2 in all, as every small stem).  Used in place of a patchify or
+    strided stem, see the module docstring."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, kernel_size=7, stride=1, padding=3, bias=False), norm(width, 1e-5), act(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+
+
 def _convnext(num_classes: int, width: int) -> nn.Module:
-    model = timm.create_model("convnext_atto", num_classes=num_classes, dims=_widths(width), depths=(1, 1, 3, 1))
-    model.stem[0] = _stem_conv(3, width, kernel_size=2, padding=0)  # patchify 2x2 (timm's patch_size=2 adds a stride-2 stage)
-    _norm_over_positions(model.stem)
-    _norm_over_positions(model.stages)
+    model = timm.create_model("convnext_atto", num_classes=num_classes, dims=_widths(width), depths=(1, 1, 3, 1),
+                              ls_init_value=SHALLOW_LAYER_SCALE)
+    model.stem = _pooling_stem(width, _batch_norm, nn.GELU)
+    _replace_layer_norms(model.stages, _batch_norm)
     return model
 
 
@@ -106,9 +127,8 @@ def _convformer(num_classes: int, width: int) -> nn.Module:
         depths=(1, 1, 3, 1), dims=_widths(width), token_mixers=SepConv, norm_layers=LayerNorm2dNoBias,
         num_classes=num_classes, use_mlp_head=False,  # see the module docstring
     )
-    model.stem.conv = _stem_conv(3, width, kernel_size=7, padding=3)
-    _norm_over_positions(model.stem)
-    _norm_over_positions(model.stages)
+    model.stem = _pooling_stem(width, _group_norm, StarReLU)
+    _replace_layer_norms(model.stages, _group_norm)
     return model
 
 
