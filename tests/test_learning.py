@@ -3,7 +3,8 @@ learns a small version of SynthClick (near against far pairs, one orientation) w
 
 This test found the cause of the failure it guards against (issue 13): with timm's per-position
 LayerNorm, ConvNeXt and ConvFormer stayed at chance here (0.48 and 0.5) while the ResNet and FastViT
-learned; normalising over channels and positions (``dcls_lib.models.small``) makes them learn too."""
+learned; other norms (``dcls_lib.models.small``: BatchNorm for the ConvNeXt, one group over channels
+and positions for the ConvFormer) make them learn too.  The full task needed more: see that module."""
 
 import pytest
 import torch
