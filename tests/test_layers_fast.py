@@ -192,3 +192,63 @@ def test_dcls3d_avoids_onednns_broken_conv3d_weight_gradient():
     (plain,) = torch.autograd.grad(F.conv3d(x.float(), k32, None, 2, 3).sum(), k32)
     if torch.allclose(plain.double(), reference, rtol=1e-4, atol=1e-3):
         pytest.skip("oneDNN's conv3d weight gradient is right here: convolve._avoids_onednn may be removable")
+
+
+def test_channels_last_inference_takes_the_direct_convolution_and_training_the_fft():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 20, 21).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(6, 1, 17, 17)
+    pads, reference = [(8, 8), (8, 8)], _reference(x, k, None, (1, 1), [(8, 8), (8, 8)], 6)
+    with torch.no_grad():
+        assert not uses_fft(x, k, (1, 1), 6)
+        out = convolve(x, k, None, (1, 1), pads, 6)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+    assert uses_fft(x.contiguous(), k, (1, 1), 6)  # the default format keeps the FFT without gradients too
+    assert not uses_fft(x, k, (1, 1), 6) and uses_fft(x, k.requires_grad_(), (1, 1), 6)
+    with torch.no_grad():
+        assert not uses_fft(x, k, (1, 1), 6)  # grad mode off: nothing is recorded
+
+
+def _cached(layer):
+    return None if layer._inference_kernel is None else layer._inference_kernel[1]
+
+
+def test_inference_reuses_the_kernel_until_a_parameter_changes():
+    torch.manual_seed(0)
+    layer = Dcls2d(4, 4, 5, dilated_kernel_size=9, padding=4, groups=2).eval()
+    x = torch.randn(2, 4, 11, 11)
+
+    def infer():
+        xt = x.to(layer.weight.dtype)
+        with torch.no_grad():
+            out = layer(xt)
+        kernel = layer.construct_kernel()
+        torch.testing.assert_close(out, _reference(xt, kernel, layer.bias, (1, 1), [(4, 4)] * 2, 2))
+        return _cached(layer)
+
+    def optimiser_step():
+        for p in layer.parameters():
+            p.grad = torch.ones_like(p)
+        torch.optim.SGD(layer.parameters(), lr=0.1).step()
+
+    first = infer()
+    assert first is not None and infer() is first
+    changes = {
+        "an optimiser step": optimiser_step,
+        "load_state_dict": lambda: layer.load_state_dict({k: v + 0.3 for k, v in layer.state_dict().items()}),
+        "nn.init": lambda: torch.nn.init.normal_(layer.P, 0, 1),
+        "clamp_parameters": layer.clamp_parameters,
+        "a dtype conversion": layer.double,
+    }
+    for name, change in changes.items():
+        before = infer()
+        change()
+        assert infer() is not before, f"{name} left the cached kernel in place"
+    layer.train()
+    with torch.no_grad():
+        layer(x.double())
+    assert _cached(layer) is None  # train mode builds anew (and drops the cache)
+    layer.eval()
+    layer(x.double()).sum().backward()  # gradients reach the parameters: never from a cache
+    assert _cached(layer) is None and layer.P.grad is not None

@@ -11,8 +11,10 @@ forward and backward, and chooses how:
    channel per group), stride 1 and a (cropped) kernel of at least ``FFT_MIN_CELLS`` cells.  Measured
    on 2 CPU cores (batch 4, depthwise, forward+backward): at 17x17 the FFT is 5-15x faster than
    PyTorch's direct depthwise convolution in either memory format at 56x56 and 28x28 and faster at
-   14x14; at 7x7 to 11x11 on 56x56, the direct convolution in channels-last is faster.  CUDA keeps
-   cuDNN (not measured here).
+   14x14; at 7x7 to 11x11 on 56x56, the direct convolution in channels-last is faster.  Without a
+   gradient (inference) the direct convolution in channels-last is faster at 17x17 too, at every
+   ConvNeXt-T stage (forward only, batch 4: 3.4 against 10-13 ms at 96x56x56, 0.6 against 3.1 ms
+   at 768x7x7): its backward is what is slow.  CUDA keeps cuDNN (not measured here).
 3. Otherwise ``F.convNd``; on the CPU a float32 ``conv3d`` with a stride above 1 runs with oneDNN
    off, forward and backward: oneDNN's weight gradient is garbage there in torch 2.14 (NaN, 1e32).
 """
@@ -60,10 +62,22 @@ def crop_to_reach(kernel: Tensor, in_sizes: Sequence[int], stride: Sequence[int]
     return kernel[(slice(None), slice(None), *cuts)], new_pads
 
 
+def _is_channels_last(input: Tensor) -> bool:
+    """Strictly channels-last (a tensor with one channel or one pixel is both formats: not counted)."""
+    return input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records an op on ``tensors`` (grad mode on and one of them requires a gradient)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def uses_fft(input: Tensor, kernel: Tensor, stride: Sequence[int], groups: int) -> bool:
     """The measured rule for the FFT path (see the module docstring)."""
+    channels_last_inference = input.dim() == 4 and _is_channels_last(input) and not needs_grad(input, kernel)
     return (
-        input.device.type == "cpu"
+        not channels_last_inference
+        and input.device.type == "cpu"
         and input.dtype in (torch.float32, torch.float64)
         and kernel.dtype == input.dtype
         and kernel.dim() == 4
@@ -147,7 +161,7 @@ def convolve(
         out = depthwise_fft_conv(input, kernel, pads)
         if bias is not None:
             out = out + bias.view(-1, *([1] * nd))
-        if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        if _is_channels_last(input):
             out = out.contiguous(memory_format=torch.channels_last)
         return out
     symmetric = all(left == right for left, right in pads)
