@@ -2,7 +2,8 @@
 
 For each study model, ``timm.create_model("<name>_dcls")`` against ``timm.create_model("<name>")``
 (random weights): a training step (batch 4, 224 px, forward, backward and an SGD step) and
-inference (same batch, no gradients), each model in both memory formats.  Rounds interleave every
+inference (same batch, no gradients, eval mode, on a copy whose weights the training steps leave
+alone, as in evaluation or serving), each model in both memory formats.  Rounds interleave every
 (model, format) pair; a model's time is the median over rounds in its faster format, and the ratio
 is DCLS / baseline, each in its own faster format.  Targets on 2 CPU cores (issue 12):
 ConvNeXt-T-DCLS training step at most 1.3x ConvNeXt-T, inference at most 1.2x.
@@ -14,6 +15,7 @@ Run: python benchmarks/model_speed.py [--models convnext_tiny resnet50] [--round
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 
 import timm
@@ -39,10 +41,11 @@ def _workloads(name: str, fmt, batch: int, size: int, device) -> dict:
         torch.nn.functional.cross_entropy(model(x), target).backward()
         optimizer.step()
 
+    fixed = copy.deepcopy(model).eval()  # inference serves fixed weights: the training step never changes them
+
     @torch.no_grad()
     def infer():
-        model.eval()
-        model(x)
+        fixed(x)
 
     return {"train": train, "infer": infer}
 
