@@ -79,8 +79,10 @@ def _group_norm(channels: int, eps: float) -> nn.Module:
     return nn.GroupNorm(1, channels, eps=eps)  # one mean and variance per image, over channels and positions
 
 
-def _batch_norm(channels: int, eps: float) -> nn.Module:
-    return nn.BatchNorm2d(channels)  # per channel, over the batch and positions (ResNet's and FastViT's norm)
+def _batch_norm(channels: int, layer_norm_eps: float) -> nn.Module:
+    """Per channel, over the batch and positions: the ResNet's and FastViT's norm, with their eps (1e-5),
+    not the replaced LayerNorm's."""
+    return nn.BatchNorm2d(channels)
 
 
 def _resnet(num_classes: int, width: int) -> nn.Module:
@@ -103,7 +105,7 @@ def _pooling_stem(width: int, norm: Callable[[int, float], nn.Module], act: Call
     3x3 max-pool at stride 2 (stride 2 in all, as every small stem).  Used in place of a patchify or
     strided stem, see the module docstring."""
     return nn.Sequential(
-        nn.Conv2d(3, width, kernel_size=7, stride=1, padding=3, bias=False), norm(width, 1e-5), act(),
+        nn.Conv2d(3, width, kernel_size=7, stride=1, padding=3, bias=False), norm(width, 1e-5), act(),  # ResNet's eps
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
 
