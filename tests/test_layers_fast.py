@@ -252,3 +252,18 @@ def test_inference_reuses_the_kernel_until_a_parameter_changes():
     layer.eval()
     layer(x.double()).sum().backward()  # gradients reach the parameters: never from a cache
     assert _cached(layer) is None and layer.P.grad is not None
+
+
+def test_compiled_inference_builds_the_kernel_from_the_current_parameters():
+    torch.manual_seed(0)
+    layer = Dcls2d(3, 3, 4, dilated_kernel_size=7, padding="same", groups=3).eval()
+    compiled = torch.compile(layer, backend="aot_eager")
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = compiled(x)
+        torch.testing.assert_close(before, layer(x), rtol=1e-5, atol=1e-5)
+        layer.P.add_(1.5)
+        layer.clamp_parameters()
+        after = compiled(x)
+        torch.testing.assert_close(after, layer(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
