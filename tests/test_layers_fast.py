@@ -198,7 +198,8 @@ def test_channels_last_inference_takes_the_direct_convolution_and_training_the_f
     torch.manual_seed(0)
     x = torch.randn(2, 6, 20, 21).contiguous(memory_format=torch.channels_last)
     k = torch.randn(6, 1, 17, 17)
-    pads, reference = [(8, 8), (8, 8)], _reference(x, k, None, (1, 1), [(8, 8), (8, 8)], 6)
+    pads = [(8, 8), (8, 8)]
+    reference = _reference(x, k, None, (1, 1), pads, 6)
     with torch.no_grad():
         assert not uses_fft(x, k, (1, 1), 6)
         out = convolve(x, k, None, (1, 1), pads, 6)
