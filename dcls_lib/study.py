@@ -117,7 +117,8 @@ def _score_run(run: TrainRun, plan: StudyPlan, device, progress: bool) -> dict:
     test = _rendered_test_split(config.image_size, config.data_seed, plan.test_size)
     images, labels, _ = test.tensors
     pixels = (images * 255).round().to(torch.uint8)  # accuracy is measured on 8-bit images, as in training
-    _, test_acc, confusion = evaluate_accuracy(run.model, pixels, labels, device)
+    _, test_acc, confusion = evaluate_accuracy(run.model, pixels, labels, device,
+                                              channels_last=config.channels_last)
     row = {"family": config.family, "variant": config.variant, "seed": config.seed,
            "val_acc": run.final["val_acc"], "test_acc": test_acc, "test_confusion": confusion.tolist()}
     row.update({f"{factor} acc": value for factor, value in factor_accuracy(confusion.numpy()).items()})

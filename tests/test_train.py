@@ -1,5 +1,6 @@
 """Training: the DCLS recipe's pieces, resumable runs, the command line."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 import dcls_lib.train as training
 from dcls_lib.layers import position_limits
-from dcls_lib.models.small import SMALL_FAMILIES, VARIANTS, create_small_model
+from dcls_lib.models.small import SMALL_FAMILIES, VARIANTS, SubsampledPointwiseConv2d, create_small_model
 from dcls_lib.recipe import SigmaSchedule, dcls_layers, param_groups, position_parameters, repulsion_loss
 from dcls_lib.train import (
     TrainConfig,
@@ -110,6 +111,39 @@ def test_every_small_family_member_builds_in_every_variant(family):
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 12)
     assert counts["dilated"] == counts["baseline"]
     assert bool(dcls_layers(create_small_model(family, "dcls", width=8)))
+
+
+def test_subsampled_pointwise_convolution_equals_the_strided_one_forward_and_backward():
+    torch.manual_seed(0)
+    strided = torch.nn.Conv2d(8, 16, 1, stride=2)
+    subsampled = SubsampledPointwiseConv2d(8, 16, 1, stride=2)
+    subsampled.load_state_dict(strided.state_dict())
+    x = torch.randn(2, 8, 15, 14, requires_grad=True)  # odd and even sides: the last row is read or not alike
+    outputs = [conv(x) for conv in (strided, subsampled)]
+    torch.testing.assert_close(outputs[1], outputs[0])
+    grads = [torch.autograd.grad(out.square().sum(), (x, conv.weight)) for out, conv in zip(outputs, (strided, subsampled))]
+    for ours, theirs in zip(grads[1], grads[0]):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL_FAMILIES))
+def test_every_small_family_trains_channels_last_on_the_cpu(family):
+    """torch 2.14.1's oneDNN aborts the process in the backward of a channels-last 1x1 convolution at
+    stride 2 on 56x56 maps; the small models compute those on a subsampled input instead."""
+    torch.manual_seed(0)
+    model = create_small_model(family, "baseline", width=8).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 112, 112).contiguous(memory_format=torch.channels_last)
+    model(x).logsumexp(1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_channels_last_training_computes_what_contiguous_training_does():
+    """The memory format is a speed setting: the same run in either format ends with the same weights."""
+    config = profile_config("smoke", family="resnet", variant="dcls", epochs=1, curve_points=1)
+    runs = [train(dataclasses.replace(config, channels_last=c), progress=False) for c in (True, False)]
+    assert next(runs[0].model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    for key, value in runs[1].model.state_dict().items():
+        torch.testing.assert_close(runs[0].model.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_bad_configurations_name_the_field():
