@@ -128,6 +128,19 @@ def test_state_dict_round_trip():
     assert torch.equal(a(x), b(x))
 
 
+def test_a_layer_pickles_whole_and_still_checks_what_it_loads(tmp_path):
+    """Whole-model torch.save and worker processes pickle the module, hooks included."""
+    layer = Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4)
+    torch.save(layer, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    x = torch.randn(1, 4, 9, 9)
+    torch.testing.assert_close(loaded(x), layer(x))
+    state = layer.state_dict()
+    state["P"] = torch.full_like(state["P"], float("nan"))
+    with pytest.raises(ValueError):
+        loaded.load_state_dict(state)
+
+
 def test_no_tensor_stays_behind_when_the_module_moves():
     """Every tensor the layer holds is a parameter, so .to()/.half()/.double() move all of it."""
     layer = Dcls2d(2, 2, 3, dilated_kernel_size=5, padding=2)

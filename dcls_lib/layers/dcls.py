@@ -60,6 +60,12 @@ def _unchanged(seen: tuple[Tensor, int], param: Tensor) -> bool:
             and held.dtype == param.dtype and version == param._version)
 
 
+def _check_loaded(module: "DclsNd", incompatible_keys) -> None:
+    """After ``load_state_dict``: the loaded parameters must fit the layer (a module-level function,
+    so that a layer pickles: whole-model ``torch.save``, worker processes)."""
+    module._check_parameters()
+
+
 class DclsNd(nn.Module):
     """The base of Dcls1d/2d/3d (use it for isinstance checks); ``ndim`` is set by each subclass.
 
@@ -123,7 +129,7 @@ class DclsNd(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._inference_kernel = None  # (parameters it was built from, kernel); see _kernel
         self.reset_parameters()
-        self.register_load_state_dict_post_hook(lambda module, _: module._check_parameters())
+        self.register_load_state_dict_post_hook(_check_loaded)
 
     def _check_padding(self, padding):
         if isinstance(padding, str):
