@@ -95,7 +95,7 @@ class TrainConfig(RecipeConfig):
 # gpu: full size on one GPU.
 PROFILE_SETTINGS = {
     "smoke": dict(width=8, image_size=64, train_size=64, val_size=32, epochs=2, batch_size=32, warmup_steps=2),
-    "cpu": dict(width=8, image_size=112, train_size=4800, val_size=480, epochs=2, batch_size=32, warmup_steps=30,
+    "cpu": dict(width=8, image_size=112, train_size=4800, val_size=480, epochs=3, batch_size=32, warmup_steps=30,
                 curve_points=5),
     "gpu": dict(width=32, image_size=112, train_size=48000, val_size=2400, epochs=10, batch_size=128,
                 warmup_steps=300, amp=True, num_workers=8),
