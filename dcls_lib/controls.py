@@ -68,3 +68,30 @@ def study_control(results, seed: int = 0, device=None, size: Optional[int] = Non
         for row in one_part_control(run.model, test, device=device):
             rows.append({"family": family, "variant": variant, "seed": seed, **row})
     return rows
+
+
+def control_text(rows: list[dict]) -> str:
+    """What the one-ring control shows over the runs of ``rows`` (:func:`study_control`'s), as
+    sentences for a chapter: per span, the range of accuracy with one ring beside the bound of the
+    ring's place, and the runs that do better than always answering one class of the right span
+    would (what reading the span from one ring, without its partner, can give)."""
+    if not rows:
+        raise ValueError("control_text needs the rows of at least one run")
+    one_class = 1 / (len(CLASSES) // len(SPANS))
+    ranges, above = [], []
+    for span in SPANS:
+        chosen = [r for r in rows if r["span"] == span]
+        if not chosen:
+            continue
+        one = [r["one ring"] for r in chosen]
+        bound = chosen[0]["one ring's place (bound)"]
+        ranges.append(f"{span} pairs {min(one):.0%} to {max(one):.0%} (the ring's place alone: at most {bound:.0%})")
+        above += [f"{r['family']} {r['variant']} on {span} pairs ({r['one ring']:.0%})" for r in chosen
+                  if r["one ring"] > one_class]
+    both = [r["both rings"] for r in rows]
+    text = (f"With both rings the runs score {min(both):.0%} to {max(both):.0%} per span; with one ring removed, "
+            f"{'; '.join(ranges)}.  ")
+    if not above:
+        return text + f"No run does better with one ring than always answering one class of the right span ({one_class:.0%})."
+    return text + (f"Above always answering one class of the right span ({one_class:.0%}) with one ring: "
+                   f"{', '.join(above)}.")

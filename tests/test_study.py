@@ -238,6 +238,23 @@ def test_one_part_control_at_smoke_size(tiny_study):
         one_part_control(run.model, SynthClick("test", 64, size=4, transform=lambda x: x))
 
 
+def test_control_text_gives_each_spans_range_and_names_the_runs_above_one_class():
+    from dcls_lib.controls import control_text
+
+    def row(variant, span, one):
+        return {"family": "resnet", "variant": variant, "seed": 0, "span": span, "images": 80, "both rings": 1.0,
+                "one ring": one, "one ring's place (bound)": 0.6 if span == "far" else 0.05, "chance": 1 / 12}
+
+    rows = [row("baseline", "near", 0.0), row("dcls", "near", 0.1), row("baseline", "far", 0.5), row("dcls", "far", 0.2)]
+    text = control_text(rows)
+    assert "near pairs 0% to 10% (the ring's place alone: at most 5%)" in text
+    assert "far pairs 20% to 50% (the ring's place alone: at most 60%)" in text
+    assert text.endswith("(25%) with one ring: resnet baseline on far pairs (50%).")
+    assert "No run does better" in control_text(rows[:2])
+    with pytest.raises(ValueError, match="at least one run"):
+        control_text([])
+
+
 def test_the_published_study_on_clickme_files_in_the_real_formats(tmp_path):
     """run_clickme_study reads ClickMe shards and the published weights from a cache; both are written
     here in their exact formats (random values: this checks the wiring, not the published numbers)."""
