@@ -170,11 +170,15 @@ def synthclick_tensors(split: str, image_size: int, seed: int, size: int, worker
     return torch.cat(images), torch.cat(labels)
 
 
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device, order=None,
              channels_last: bool = False):
     """Float images in [0, 1] and labels on ``device``, in ``order`` (default: as stored)."""
     order = torch.arange(len(labels)) if order is None else order
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = _memory_format(channels_last)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x = images[idx].to(device, non_blocking=True).float().div_(255)
@@ -232,8 +236,7 @@ def _build(config: TrainConfig, device: torch.device) -> nn.Module:
         config.family, config.variant, num_classes=SynthClick.num_classes, width=config.width,
         dilated_kernel_size=config.dilated_kernel_size, kernel_count=config.kernel_count, version=config.version,
     )
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+    return model.to(device, memory_format=_memory_format(config.channels_last))
 
 
 def train(

@@ -64,6 +64,7 @@ from ..validation import check_choice
 from .convert import convert_to_dcls, convert_to_dilated
 
 VARIANTS = ("baseline", "dilated", "dcls")
+SHALLOW_LAYER_SCALE = 0.1  # CaiT's layer-scale init for networks of up to 18 blocks (timm's 1e-6 is for deep ones)
 
 
 class SubsampledPointwiseConv2d(nn.Conv2d):
@@ -88,7 +89,6 @@ def _subsample_strided_pointwise(module: nn.Module) -> nn.Module:
         else:
             _subsample_strided_pointwise(child)
     return module
-SHALLOW_LAYER_SCALE = 0.1  # CaiT's layer-scale init for networks of up to 18 blocks (timm's 1e-6 is for deep ones)
 
 
 def _widths(width: int) -> tuple[int, int, int, int]:
